@@ -1,0 +1,22 @@
+# `make install` creates .venv with everything; `make test` installs if needed and runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install test clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	# retinaface-pytorch 0.0.8 pins torch 1.9, which cannot be resolved beside modern torch:
+	# it is installed without its dependencies and imported lazily (see fercli/align).
+	$(PIP) install -q --no-deps retinaface-pytorch==0.0.8
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

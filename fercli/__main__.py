@@ -1,0 +1,3 @@
+from fercli.cli import main
+
+main()

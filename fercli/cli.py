@@ -1,0 +1,74 @@
+"""The `fer` command: one Typer app, one subcommand per pipeline stage."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup
+
+from fercli import __version__
+from fercli.commands import _ui
+from fercli.commands import data as data_cmd
+from fercli.commands import status as status_cmd
+from fercli.errors import FerError
+from fercli.workspace import ENV_VAR
+
+
+class _FerGroup(TyperGroup):
+    """Turns a :class:`FerError` from any (sub)command into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except FerError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    name="fer",
+    cls=_FerGroup,
+    help="Lightweight facial expression recognition (LFER-LDL), one command per pipeline stage.\n\n"
+    "Stages pass artifacts through the workspace (the current directory, --workspace or $FER_WORKSPACE): "
+    "with no paths, each stage finds its inputs where the previous one left them.",
+    epilog="Example:  fer data import ferplus ~/datasets/ferplus && fer data info && fer status",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fercli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    workspace: Optional[str] = typer.Option(
+        None, "--workspace", "-w", envvar=ENV_VAR, help="Workspace directory (default: the current directory)."
+    ),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    _ui.setup_logging(verbose, quiet)
+    ctx.obj = _ui.State(workspace=workspace, quiet=quiet)
+
+
+app.add_typer(data_cmd.app, name="data")
+app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Rendering shared by all commands: consoles, progress bars, tables, JSON, "using ..." lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fercli.workspace import Artifact, Workspace
+
+T = TypeVar("T")
+
+# Results go to stdout; progress, "using ..." lines and logs go to stderr so `--json` stays clean.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class State:
+    """Global options from the `fer` callback, shared with every command through ctx.obj."""
+
+    def __init__(self, workspace: str | None = None, quiet: bool = False) -> None:
+        self.workspace_arg = workspace
+        self.quiet = quiet
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace.find(self.workspace_arg)
+
+
+def state(ctx: typer.Context) -> State:
+    root = ctx.find_root()
+    if not isinstance(root.obj, State):
+        root.obj = State()
+    return root.obj
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(
+        level=level, format="%(message)s", datefmt="[%X]", force=True,
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+    )
+
+
+def rich_track(iterable: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
+    """A :class:`fercli.progress.Track` drawing a rich progress bar on stderr."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        for item in iterable:
+            yield item
+            progress.advance(task)
+
+
+def say(ctx: typer.Context, message: str) -> None:
+    """A status line on stderr (suppressed by --quiet)."""
+    if not state(ctx).quiet:
+        err.print(message, highlight=False)
+
+
+def using(ctx: typer.Context, ws: Workspace, art: Artifact) -> None:
+    """Tell the user which artifact a stage resolved, and from where."""
+    origin = "workspace" if art.implicit else "given"
+    say(ctx, f"[dim]using {art.kind} ({origin}):[/] {ws.describe(art)}")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
