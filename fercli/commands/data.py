@@ -40,12 +40,12 @@ def import_(
     ctx: typer.Context,
     format: str = typer.Argument(..., help=f"Dataset format: {', '.join(FORMATS)}, or auto (detect from the layout)."),
     src: Path = typer.Argument(..., help="Dataset root (or fer2013.csv)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Manifest to write \[default: WORKSPACE/data/manifest.parquet]."),
-    classes: Optional[int] = typer.Option(None, "--classes", help="7 (basic) or 8 (with contempt) \[default: the dataset's own]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Manifest to write \\[default: WORKSPACE/data/manifest.parquet]."),
+    classes: Optional[int] = typer.Option(None, "--classes", help="7 (basic) or 8 (with contempt) \\[default: the dataset's own]."),
     images: Optional[str] = typer.Option(None, "--images", help="rafdb: aligned, original or auto."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="fer2013: where to write the PNG images."),
     allow_missing: Optional[bool] = typer.Option(None, "--allow-missing", help="Drop rows whose image is absent instead of failing."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \[import] table of these options."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[import] table of these options."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Turn a dataset (RAF-DB, AffectNet, FERPlus, FER2013 or class folders) into a manifest.
@@ -82,7 +82,7 @@ def import_(
 @app.command("info", epilog=INFO_EXAMPLE)
 def info(
     ctx: typer.Context,
-    manifest: Optional[Path] = typer.Argument(None, help="Manifest parquet \[default: the workspace's dataset]."),
+    manifest: Optional[Path] = typer.Argument(None, help="Manifest parquet \\[default: the workspace's dataset]."),
     check_files: bool = typer.Option(True, "--check-files/--no-check-files", help="Count rows whose image file is missing."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real data in ../shared (skipped when absent) and a fresh workspace."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+SHARED_ENV = "FER_SHARED"
+
+
+def shared_root() -> Path:
+    """$FER_SHARED, else ../shared beside the checkout."""
+    return Path(os.environ.get(SHARED_ENV) or Path(__file__).resolve().parents[2] / "shared")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (set {SHARED_ENV} to the shared/ folder)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ferplus_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "datasets" / "ferplus"
+    if not (path / "FER2013Train" / "label.csv").is_file():
+        pytest.skip(f"FERPlus not found under {path}")
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty workspace directory, also the current directory and $FER_WORKSPACE."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    monkeypatch.chdir(ws)
+    monkeypatch.setenv("FER_WORKSPACE", str(ws))
+    return ws
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
