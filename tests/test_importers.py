@@ -308,3 +308,18 @@ def test_detect_format(tmp_path: Path, ferplus: Path):
     assert detect_format(tmp_path / "nope") is None
     with pytest.raises(FerError, match="unknown dataset format"):
         load("nonsense", tmp_path / "imgs")
+
+
+@pytest.mark.parametrize("fmt, setup, message", [
+    ("affectnet", lambda d: None, "no training.csv or validation.csv"),
+    ("affectnet", lambda d: (d / "training.csv").write_text(""), "empty file"),
+    ("affectnet", lambda d: (d / "training.csv").write_text(
+        "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression\n"), "no rows"),
+    ("fer2013", lambda d: None, "no fer2013.csv"),
+    ("fer2013", lambda d: (d / "fer2013.csv").write_text("emotion,pixels,Usage\n"), "no rows"),
+    ("fer2013", lambda d: (d / "fer2013.csv").write_text("emotion,Usage\n0,Training\n"), "missing column"),
+])
+def test_missing_or_empty_sources(tmp_path: Path, fmt, setup, message):
+    setup(tmp_path)
+    with pytest.raises(FerError, match=message):
+        load(fmt, tmp_path)
