@@ -1,4 +1,4 @@
-"""Typed stage configs: dataclass defaults < workspace config < ``--config`` file < CLI flags.
+"""Typed stage configs: dataclass defaults < preset < workspace config < ``--config`` file < CLI flags.
 
 Each stage defines one dataclass. :func:`build_config` fills it from the workspace's config table
 for the stage, then an explicit config file (a table named after the stage, or a flat mapping),
@@ -83,11 +83,16 @@ def build_config(
     overrides: dict[str, Any] | None = None,
     workspace: Workspace | None = None,
     config_file: str | os.PathLike[str] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> C:
-    """Build a stage config (see the module docstring for precedence)."""
+    """Build a stage config (see the module docstring for precedence).
+
+    ``base`` (e.g. a recipe preset) sits just above the dataclass defaults, below everything else.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
+    _apply(values, base or {}, fields, "preset")
     if workspace is not None and workspace.config_file is not None:
         _apply(values, workspace.config_section(section), fields, f"{workspace.config_file} [{section}]")
     if config_file is not None:

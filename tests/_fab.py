@@ -82,3 +82,21 @@ def make_fer2013(path: Path, rows: list[tuple[int, str]], pixels: list[str] | No
         lines.append(f"{code},{pix},{usage}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def make_pattern_folder(root: Path, classes: tuple[str, ...], per_class: dict[str, int], size: int = 32,
+                        seed: int = 0) -> Path:
+    """A learnable image folder: ``root/<split>/<class>/*.png`` where class k is a bright block at
+    position k of a grid, on noise. ``per_class`` maps split -> images per class."""
+    rng = np.random.default_rng(seed)
+    cell = size // 4
+    for split, n in per_class.items():
+        for k, name in enumerate(classes):
+            r, c = divmod(k, 4)
+            for i in range(n):
+                img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+                img[r * cell * 2:(r * 2 + 1) * cell, c * cell:(c + 1) * cell] = 230
+                d = root / split / name
+                d.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(d / f"{i:04d}.png"), img)
+    return root

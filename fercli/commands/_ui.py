@@ -77,3 +77,48 @@ def using(ctx: typer.Context, ws: Workspace, art: Artifact) -> None:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+class RichTrainProgress:
+    """:class:`fercli.training.TrainProgress` as a rich bar per epoch plus one table row per epoch."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task = None
+        self._t0 = 0.0
+        self._images = 0
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        import time
+
+        self.close()
+        self._progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=err, transient=True,
+            disable=not err.is_terminal,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=steps, completed=done, stats="")
+        self._t0, self._images = time.perf_counter(), 0
+
+    def step(self, images: int, stats: dict[str, float]) -> None:
+        import time
+
+        self._images += images
+        rate = self._images / max(time.perf_counter() - self._t0, 1e-9)
+        text = f"loss {stats['loss']:.4f}  acc {stats['acc']:.3f}  {rate:,.0f} img/s"
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, stats=text)
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        self.close()
+        err.print(
+            f"epoch {row['epoch']}: lr {row['lr']:.2g}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
+            f"  | valid loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} mean-class {row['val_mean_class_acc']:.4f}"
+            f"  | {row['images_per_s']:,.0f} img/s", highlight=False,
+        )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

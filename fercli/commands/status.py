@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
 
 from fercli.commands import _ui
-from fercli.workspace import format_summary
+from fercli.workspace import STAGES, format_summary
 
 EXAMPLE = """Examples:
 
@@ -36,8 +38,8 @@ def status(
             row["path"] or "-",
             f"[{style[row['state']]}]{row['state']}[/]",
             (row.get("created") or "-")[:16].replace("T", " "),
-            ", ".join(f"{k} {v}" for k, v in (row.get("inputs") or {}).items()) or "-",
-            format_summary(row.get("summary") or {}) or row.get("problem", "-"),
+            ", ".join(k if k in STAGES else Path(str(v)).name for k, v in (row.get("inputs") or {}).items()) or "-",
+            format_summary(row.get("summary") or {}) or ("see below" if row.get("problem") else "-"),
         )
     _ui.out.print(table)
     for row in rep["artifacts"]:

@@ -1,0 +1,147 @@
+"""`fer pretrain-teacher` and `fer train`: one training engine, two stage configs.
+
+Both commands share one table of options (:data:`OPTIONS`); each command's signature is built from
+the rows that apply to it, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from fercli.commands import _ui
+from fercli.config import build_config
+from fercli.training import RECIPES, TeacherConfig, TrainConfig, fit
+
+# name -> (type, typer option, used by the teacher command too)
+OPTIONS: dict[str, tuple[Any, Any, bool]] = {
+    "labels": (Path, typer.Option(None, "--labels", help="Label distributions from `fer gen-labels` \\[default: the workspace's]."), False),
+    "out": (Path, typer.Option(None, "--out", "-o", help="Run directory \\[default: WORKSPACE/student or WORKSPACE/teacher]."), True),
+    "arch": (str, typer.Option(None, "--arch", help="Registered model (lfer, lfer_head, shufflenet_v2, resnet18, resnet50)."), True),
+    "pretrained": (str, typer.Option(None, "--pretrained", help="Initialise from 'imagenet' weights in torch's hub cache."), True),
+    "init": (Path, typer.Option(None, "--init", help="Initialise from a compatible checkpoint."), True),
+    "input_size": (int, typer.Option(None, "--input-size", help="Training resolution, a multiple of 16 (paper: 224)."), True),
+    "recipe": (str, typer.Option(None, "--recipe", help=f"Preset: {', '.join(RECIPES)}."), True),
+    "epochs": (int, typer.Option(None, "--epochs", help="Epochs (paper: 120)."), True),
+    "batch_size": (int, typer.Option(None, "--batch-size", "-b", help="Batch size per process."), True),
+    "lr": (float, typer.Option(None, "--lr", help="SGD learning rate (paper: 0.01)."), True),
+    "momentum": (float, typer.Option(None, "--momentum", help="SGD momentum (0.9)."), True),
+    "weight_decay": (float, typer.Option(None, "--weight-decay", help="Weight decay (1e-4)."), True),
+    "lr_step": (int, typer.Option(None, "--lr-step", help="Multiply the lr by --lr-gamma every this many epochs."), True),
+    "lr_gamma": (float, typer.Option(None, "--lr-gamma", help="Step decay factor (0.1)."), True),
+    "balanced": (bool, typer.Option(None, "--balanced/--no-balanced", help="Class-balanced sampling."), True),
+    "flip": (float, typer.Option(None, "--flip", help="Horizontal flip probability (0.5)."), True),
+    "loss": (str, typer.Option(None, "--loss", help="combo (eq. 6) or ce, on the single labels."), False),
+    "alpha": (float, typer.Option(None, "--alpha", help="Combo loss: weight of the weighted CE vs Dice (0.5)."), False),
+    "beta": (float, typer.Option(None, "--beta", help="Combo loss: FP/FN balance (0.2; 0.6 for AffectNet)."), False),
+    "kl_weight": (float, typer.Option(None, "--kl-weight", help="Weight of KL(P || Q) (eq. 5)."), False),
+    "kl_reduction": (str, typer.Option(None, "--kl-reduction", help="paper (/ N x C) or batchmean (/ N)."), False),
+    "targets": (str, typer.Option(None, "--targets", help="auto, teacher (labels file), votes (manifest dist_*), none."), False),
+    "val_fraction": (float, typer.Option(None, "--val-fraction", help="Hold out this stratified fraction of train when there is no valid split."), True),
+    "limit": (int, typer.Option(None, "--limit", help="Train on a stratified subset of this many images."), True),
+    "seed": (int, typer.Option(None, "--seed", help="Seed for initialisation, order and augmentation."), True),
+    "deterministic": (bool, typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms only."), True),
+    "workers": (int, typer.Option(None, "--workers", help="Decoding worker processes."), True),
+    "cache": (bool, typer.Option(None, "--cache/--no-cache", help="Decode images once into a memory-mapped cache."), True),
+    "device": (str, typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."), True),
+    "threads": (int, typer.Option(None, "--threads", help="CPU threads for torch."), True),
+    "checkpoint_every": (int, typer.Option(None, "--checkpoint-every", help="Steps between resumable checkpoints."), True),
+    "max_steps": (int, typer.Option(None, "--max-steps", help="Stop (resumably) after this many steps."), True),
+    "resume": (bool, typer.Option(None, "--resume", help="Continue the run in --out exactly where it stopped."), True),
+    "overwrite": (bool, typer.Option(None, "--overwrite", help="Start again even if --out holds a run."), True),
+}
+
+TRAIN_EXAMPLE = """Examples:
+
+  fer train --beta 0.2                                   # LFER-LDL in the workspace: dataset + labels found there
+
+  fer train data/manifest.parquet --labels labels/labels.parquet --arch lfer --recipe rafdb
+
+  fer train --targets votes --input-size 64 --epochs 30  # FERPlus crowd votes instead of a teacher
+
+  torchrun --nproc_per_node=2 -m fercli train --epochs 1  # DistributedDataParallel (gloo on CPU, nccl on CUDA)
+"""
+TEACHER_EXAMPLE = """Examples:
+
+  fer pretrain-teacher                                   # ResNet-50 on the workspace's dataset
+
+  fer pretrain-teacher --arch resnet18 --input-size 64 --epochs 20 --out teacher/
+"""
+
+
+def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Optional[Path], json_out: bool,
+         **opts: Any) -> None:
+    ws = _ui.state(ctx).workspace
+    cls = TeacherConfig if kind == "teacher" else TrainConfig
+    section = "pretrain-teacher" if kind == "teacher" else "train"
+    overrides = {"manifest": manifest, **opts}
+    cfg = build_config(cls, section, overrides, ws, config)
+    if cfg.recipe is not None:  # recipe values sit below every explicit setting
+        cfg = build_config(cls, section, overrides, ws, config, base=RECIPES.get(cfg.recipe, {}))
+    progress = _ui.RichTrainProgress()
+    try:
+        result = fit(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,
+                     command="fer " + " ".join(sys.argv[1:]))
+    finally:
+        progress.close()
+    if result.rank != 0:
+        return
+    for art in result.inputs.values():
+        _ui.using(ctx, ws, art)
+    summary = result.summary()
+    if json_out:
+        _ui.print_json(summary)
+        return
+    for note in result.notes:
+        _ui.say(ctx, note)
+    table = Table(title=f"{kind} {cfg.arch}: {ws.rel(result.out_dir)}")
+    for col in ("epoch", "lr", "train loss", "train acc", "valid loss", "valid acc", "mean-class acc", "img/s"):
+        table.add_column(col, justify="right")
+    for r in result.history:
+        mark = " *" if result.best_row and r["epoch"] == result.best_row["epoch"] else ""
+        table.add_row(f"{r['epoch']}{mark}", f"{r['lr']:.2g}", f"{r['train_loss']:.4f}", f"{r['train_acc']:.4f}",
+                      f"{r['val_loss']:.4f}", f"{r['val_acc']:.4f}", f"{r['val_mean_class_acc']:.4f}",
+                      f"{r['images_per_s']:,.0f}")
+    _ui.out.print(table)
+    if result.stopped_at_step is not None:
+        _ui.out.print(f"stopped after {result.stopped_at_step} steps (--max-steps); continue with --resume")
+    elif result.best_row:
+        _ui.out.print(f"best valid accuracy {result.best_row['val_acc']:.4f} at epoch {result.best_row['epoch']} (* above); "
+                      f"wrote {ws.rel(result.best)}, metrics.csv and curves.png; it is now the workspace's {kind}")
+
+
+def _command(kind: str, doc: str):
+    """Build the command function for ``kind`` with the option rows that apply to it."""
+
+    def command(ctx: typer.Context, manifest: Optional[Path] = None, config: Optional[Path] = None,
+                json_out: bool = False, **opts: Any) -> None:
+        _run(ctx, kind, manifest, config, json_out, **opts)
+
+    params = [
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter("manifest", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
+                          default=typer.Argument(None, help="Dataset manifest \\[default: the workspace's dataset].")),
+    ]
+    for name, (typ, option, for_teacher) in OPTIONS.items():
+        if kind == "student" or for_teacher:
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ], default=option))
+    params += [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                          default=typer.Option(None, "--config", help="TOML/YAML file with these options.")),
+        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--json", help="Print the run summary as JSON.")),
+    ]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = doc
+    return command
+
+
+train = _command("student", "Train the LFER-LDL student: KL to the teacher's distributions + combo loss (eq. 5-6).\n\n"
+                 "With no paths, uses the workspace's dataset and label distributions and writes student/.")
+pretrain_teacher = _command("teacher", "Train the teacher (ResNet-50 by default) with cross-entropy on the single labels.\n\n"
+                            "With no paths, uses the workspace's dataset and writes teacher/.")

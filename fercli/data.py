@@ -1,0 +1,219 @@
+"""Training and evaluation data: labelled rows of a manifest, decoded at the model's input size.
+
+Decoding and resizing every image every epoch is the usual bottleneck for small models, so images
+can be decoded once into a **decoded cache**: a uint8 ``(N, S, S, 3)`` memory-mapped ``.npy`` file
+keyed by the manifest's sha256, the input size and the row selection, built atomically and reused
+while they are unchanged. Batches are assembled from it without worker processes.
+
+Augmentation and normalisation run on whole uint8 batches in the training process, with randomness
+drawn from a generator seeded by ``(seed, epoch, step)``: a batch's augmentation does not depend on
+worker count or on where a run was resumed, which is what makes ``--resume`` exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fercli.errors import FerError
+from fercli.fileio import atomic_path, atomic_write_json
+from fercli.progress import Track, no_track
+from fercli.transforms import Preprocess, decode_image
+
+log = logging.getLogger(__name__)
+
+
+class DecodeDataset(torch.utils.data.Dataset):
+    """Image files decoded to uint8 RGB ``(3, S, S)`` tensors (for DataLoader workers)."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths = list(paths)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(decode_image(self.paths[i], self.size)).permute(2, 0, 1)
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Rows of a decoded cache as uint8 ``(3, S, S)`` tensors."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[i])).permute(2, 0, 1)
+
+
+def cache_key(manifest_sha: str, size: int, paths: Sequence[str]) -> str:
+    h = hashlib.sha256(f"{manifest_sha}:{size}:".encode())
+    for p in paths:
+        h.update(p.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def build_cache(paths: Sequence[Path], size: int, dest: Path, workers: int = 0, track: Track = no_track) -> np.ndarray:
+    """Decode ``paths`` at ``size`` into a uint8 memmap at ``dest`` (atomically); return it read-only."""
+    loader = torch.utils.data.DataLoader(DecodeDataset(paths, size), batch_size=64, num_workers=workers)
+    with atomic_path(dest) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        i = 0
+        for batch in track(loader, f"decoding {len(paths):,} images into the cache", len(loader)):
+            arr[i:i + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
+            i += len(batch)
+        arr.flush()
+        del arr
+    return np.load(dest, mmap_mode="r")
+
+
+def load_or_build_cache(paths: Sequence[Path], rel_paths: Sequence[str], size: int, manifest_sha: str,
+                        cache_dir: Path, workers: int = 0, track: Track = no_track) -> np.ndarray:
+    """The decoded cache for these rows, built once and reused while the key matches."""
+    key = cache_key(manifest_sha, size, rel_paths)
+    dest = cache_dir / f"{key}.npy"
+    info = cache_dir / f"{key}.json"
+    if dest.is_file() and info.is_file():
+        try:
+            arr = np.load(dest, mmap_mode="r")
+            if arr.shape == (len(paths), size, size, 3):
+                log.info("decoded cache: reusing %s", dest)
+                return arr
+        except (ValueError, OSError):
+            pass  # damaged: rebuild below
+    log.info("decoded cache: building %s (%d images at %dx%d)", dest, len(paths), size, size)
+    arr = build_cache(paths, size, dest, workers, track)
+    atomic_write_json(info, {"manifest_sha256": manifest_sha, "size": size, "rows": len(paths)})
+    return arr
+
+
+@dataclass
+class Split:
+    """The images of one split with their targets, ready to batch."""
+
+    dataset: torch.utils.data.Dataset
+    labels: torch.Tensor  # (N,) int64 class indices
+    targets: torch.Tensor | None  # (N, C) float32 distributions, or None
+    paths: list[str]
+    cached: bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def make_split(root: Path, rel_paths: Sequence[str], labels: np.ndarray, targets: np.ndarray | None, size: int,
+               cache_dir: Path | None, manifest_sha: str, workers: int, track: Track = no_track) -> Split:
+    paths = [root / p for p in rel_paths]
+    if cache_dir is not None:
+        ds: torch.utils.data.Dataset = ArrayDataset(
+            load_or_build_cache(paths, rel_paths, size, manifest_sha, cache_dir, workers, track))
+    else:
+        ds = DecodeDataset(paths, size)
+    return Split(ds, torch.tensor(np.asarray(labels), dtype=torch.int64),
+                 None if targets is None else torch.tensor(np.asarray(targets), dtype=torch.float32),
+                 list(rel_paths), cache_dir is not None)
+
+
+def epoch_order(n: int, epoch: int, seed: int, labels: torch.Tensor | None = None, balanced: bool = False,
+                rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's sample order for one epoch: a seeded permutation, or class-balanced draws.
+
+    Balanced sampling draws N indices with replacement, each class equally likely. With several
+    processes the order is padded to a multiple of ``world`` and dealt out round-robin (as
+    :class:`torch.utils.data.DistributedSampler` does), so every rank runs the same number of steps.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if balanced:
+        if labels is None:
+            raise ValueError("balanced sampling needs labels")
+        counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
+        weights = (1.0 / counts.clamp_min(1))[labels]
+        order = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+    else:
+        order = torch.randperm(n, generator=g).tolist()
+    if world > 1:
+        total = -(-n // world) * world
+        order = (order + order[: total - n])[rank:total:world]
+    return order
+
+
+def batches(order: list[int], batch_size: int, drop_last: bool = False) -> list[list[int]]:
+    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last and out and len(out[-1]) < batch_size and len(out) > 1:
+        out.pop()
+    return out
+
+
+def load_batches(split: Split, index_batches: list[list[int]], workers: int) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """uint8 image batches ``(B, 3, S, S)`` with their indices, in the given order."""
+    if split.cached or workers == 0:
+        for idx in index_batches:
+            # Sorted reads from the memmap are sequential on disk; restore the batch's order after.
+            order = np.argsort(idx)
+            if split.cached:
+                arr = split.dataset.array  # type: ignore[attr-defined]
+                data = torch.from_numpy(np.ascontiguousarray(arr[np.asarray(idx)[order]]))
+                data = data.permute(0, 3, 1, 2)
+                inv = torch.from_numpy(np.argsort(order))
+                yield data[inv], idx
+            else:
+                yield torch.stack([split.dataset[i] for i in idx]), idx
+        return
+    loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=index_batches, num_workers=workers,
+                                         persistent_workers=False)
+    for data, idx in zip(loader, index_batches):
+        yield data, idx
+
+
+def augment(x: torch.Tensor, flip: float, generator: torch.Generator) -> torch.Tensor:
+    """The training augmentation preset (the paper's: random horizontal flip) on a uint8 batch."""
+    if flip > 0:
+        mask = torch.rand(x.shape[0], generator=generator) < flip
+        if mask.any():
+            x = x.clone()
+            x[mask] = x[mask].flip(-1)
+    return x
+
+
+def normalize(x: torch.Tensor, pre: Preprocess, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(B, 3, S, S)`` -> normalised float32 on ``device``, with the preset's mean and std."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of a seeded, per-class ``fraction`` of rows (at least one per class with >1 rows)."""
+    if not 0 < fraction < 1:
+        raise FerError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = int(round(len(idx) * fraction))
+        if len(idx) > 1:
+            k = min(max(k, 1), len(idx) - 1)
+            mask[rng.choice(idx, size=k, replace=False)] = True
+    return mask
+
+
+def cache_dir_for(workspace_root: Path) -> Path:
+    return workspace_root / ".fer" / "cache"
+
+
+__all__ = [
+    "ArrayDataset", "DecodeDataset", "Split", "augment", "batches", "build_cache", "cache_dir_for", "epoch_order",
+    "load_batches", "load_or_build_cache", "make_split", "normalize", "stratified_holdout",
+]

@@ -1,0 +1,122 @@
+"""`fer gen-labels`: the teacher's softmax over the training images, as label distributions.
+
+The paper's label distribution for an image is the teacher's softmax output (eq. 4), with no extra
+information. ``--temperature`` (T > 1 softens) and horizontal-flip averaging are options; the
+defaults (T = 1, no flip) are the paper's. Only labelled rows of the requested splits are labelled,
+and the test split is refused unless forced: distributions are a training signal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from fercli.checkpoint import model_from_checkpoint
+from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
+from fercli.errors import FerError
+from fercli.progress import Track, no_track
+from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, dist_columns, make_provenance, read_manifest, write_labels
+from fercli.training import resolve_device
+from fercli.transforms import preset_from_meta
+from fercli.workspace import Artifact, Workspace
+
+
+@dataclass
+class GenLabelsConfig:
+    """Options of `fer gen-labels`."""
+
+    teacher: Path | None = None
+    manifest: Path | None = None
+    out: Path | None = None  # default: the workspace's labels/labels.parquet
+    temperature: float = 1.0
+    flip: bool = False  # average the softmax of the image and its mirror
+    splits: tuple[str, ...] = ("train",)
+    force: bool = False  # allow labelling the test split
+    batch_size: int = 128
+    workers: int = 2
+    cache: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class LabelsResult:
+    out: Path
+    df: pd.DataFrame
+    inputs: dict[str, Artifact]
+    summary: dict[str, Any]
+
+
+def quality(probs: np.ndarray, labels: np.ndarray, votes: np.ndarray | None = None) -> dict[str, float]:
+    """How the distributions relate to the single labels (and to crowd votes when available)."""
+    eps = 1e-12
+    out = {
+        "agreement": float((probs.argmax(1) == labels).mean()),
+        "mean_max_prob": float(probs.max(1).mean()),
+        "mean_entropy": float(-(probs * np.log(probs + eps)).sum(1).mean()),
+    }
+    if votes is not None:
+        ok = ~np.isnan(votes).any(1)
+        v = votes[ok]
+        out["kl_votes"] = float((np.where(v > 0, v * (np.log(v + eps) - np.log(probs[ok] + eps)), 0)).sum(1).mean())
+        out["vote_majority_agreement"] = float((probs[ok].argmax(1) == v.argmax(1)).mean())
+    return out
+
+
+@torch.no_grad()
+def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track, command: str | None = None) -> LabelsResult:
+    """Run the teacher over the chosen splits and write the distributions (validated) atomically."""
+    if cfg.temperature <= 0:
+        raise FerError(f"--temperature must be positive, got {cfg.temperature}")
+    bad = [s for s in cfg.splits if s not in SPLITS]
+    if bad:
+        raise FerError(f"--splits: unknown split {bad[0]!r}; choose from {', '.join(SPLITS)}")
+    if "test" in cfg.splits and not cfg.force:
+        raise FerError("refusing to label the test split: distributions are a training signal and test images must stay "
+                       "unseen; pass --force if you really mean it")
+    inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher})
+    m = read_manifest(inputs["dataset"].path)
+    model, ckpt = model_from_checkpoint(inputs["teacher"].path)
+    pre = preset_from_meta(ckpt)
+    device = resolve_device(cfg.device)
+    model.to(device)
+
+    rows = m.df[(m.df[COL_LABEL] >= 0) & m.df[COL_SPLIT].isin(list(cfg.splits))]
+    if rows.empty:
+        raise FerError(f"{m.path}: no labelled images in split(s) {', '.join(cfg.splits)}")
+    cache = cache_dir_for(ws.root) if cfg.cache else None
+    split = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, pre.input_size, cache,
+                       ws.sha256(m.path), cfg.workers, track)
+    index_batches = batches(list(range(len(split))), cfg.batch_size)
+    probs = np.empty((len(split), len(m.classes)), dtype=np.float64)
+    for x, idx in track(load_batches(split, index_batches, cfg.workers), "teacher distributions", len(index_batches)):
+        x = normalize(x, pre, device)
+        p = F.softmax(model(x).double() / cfg.temperature, dim=1)
+        if cfg.flip:
+            p = (p + F.softmax(model(x.flip(-1)).double() / cfg.temperature, dim=1)) / 2
+        probs[idx] = p.cpu().numpy()
+    if not np.isfinite(probs).all():
+        raise FerError(f"{inputs['teacher'].path}: the teacher produced NaN or infinite outputs; retrain it "
+                       "(`fer pretrain-teacher`)")
+    probs /= probs.sum(1, keepdims=True)  # exact normalisation after float rounding
+
+    out = Path(cfg.out) if cfg.out is not None else ws.default_path("labels")
+    df = pd.DataFrame({COL_PATH: rows[COL_PATH].to_numpy(), COL_SPLIT: rows[COL_SPLIT].to_numpy(),
+                       COL_LABEL: rows[COL_LABEL].to_numpy()})
+    for j, col in enumerate(dist_columns(m.classes)):
+        df[col] = probs[:, j].astype(np.float32)
+    votes = rows[m.dist_columns].to_numpy(dtype=np.float64) if m.has_dist else None
+    q = quality(probs, rows[COL_LABEL].to_numpy(), votes)
+    summary = {"rows": int(len(df)), "agreement": round(q["agreement"], 4)}
+    prov = make_provenance("labels", {k: ws.input_ref(a) for k, a in inputs.items()}, summary, command)
+    extra = {"temperature": cfg.temperature, "flip": cfg.flip, "input_size": pre.input_size, "splits": list(cfg.splits),
+             "teacher_sha256": ws.sha256(inputs["teacher"].path), "teacher_arch": ckpt["arch"], "quality": q}
+    write_labels(df, m.classes, out, prov, extra)
+    ws.record("labels", out)
+    return LabelsResult(out, df, inputs, {**summary, **q, "out": str(out), "temperature": cfg.temperature,
+                                          "flip": cfg.flip, "splits": list(cfg.splits)})

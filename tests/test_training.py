@@ -1,0 +1,145 @@
+"""Training engine, gen-labels and the teacher -> labels -> student sequence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _fab import make_pattern_folder
+
+from fercli.checkpoint import load_checkpoint, model_from_checkpoint
+from fercli.classes import CLASSES_7
+from fercli.cli import app
+from fercli.errors import FerError
+from fercli.importers import ImportConfig, run_import
+from fercli.labels import GenLabelsConfig, generate_labels
+from fercli.schema import dist_columns, read_labels, read_manifest, write_labels, write_manifest
+from fercli.training import TeacherConfig, TrainConfig, fit
+from fercli.workspace import Workspace
+
+TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
+
+
+@pytest.fixture(scope="module")
+def pattern_root(tmp_path_factory) -> Path:
+    return make_pattern_folder(tmp_path_factory.mktemp("pattern"), CLASSES_7, {"train": 12, "valid": 4})
+
+
+@pytest.fixture
+def ws(tmp_path: Path, pattern_root: Path) -> Workspace:
+    ws = Workspace(tmp_path / "ws")
+    run_import(ImportConfig(format="folder", src=pattern_root), ws)
+    return ws
+
+
+def test_teacher_labels_student_sequence(ws: Workspace):
+    t = fit(TeacherConfig(arch="resnet18", epochs=2, **TINY), ws, kind="teacher")
+    assert t.best == ws.root / "teacher" / "best.pt" and ws.current_path("teacher") == t.best
+    assert (ws.root / "teacher" / "metrics.csv").is_file() and (ws.root / "teacher" / "curves.png").is_file()
+    assert len(t.history) == 2 and t.best_row is not None
+
+    res = generate_labels(GenLabelsConfig(workers=0, flip=True), ws)
+    df, meta = read_labels(res.out)
+    assert len(df) == 7 * 12 and set(df["split"]) == {"train"}
+    assert np.allclose(df[dist_columns(CLASSES_7)].sum(1), 1.0, atol=1e-5)
+    assert meta["classes"] == list(CLASSES_7) and meta["teacher_sha256"] == ws.sha256(t.best)
+    assert meta["provenance"]["inputs"]["teacher"]["sha256"] == ws.sha256(t.best)
+
+    s = fit(TrainConfig(arch="lfer", epochs=2, beta=0.2, **TINY), ws, kind="student")
+    assert s.targets == "teacher" and set(s.inputs) == {"dataset", "labels"}
+    model, ckpt = model_from_checkpoint(s.best)
+    assert ckpt["arch"] == "lfer" and ckpt["classes"] == list(CLASSES_7) and ckpt["input_size"] == 32
+    assert ckpt["config"]["beta"] == 0.2 and ckpt["provenance"]["inputs"]["labels"]["path"] == "labels/labels.parquet"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
+
+    # a new teacher makes the labels stale: the student refuses them, naming the command
+    fit(TeacherConfig(arch="resnet18", epochs=1, seed=1, overwrite=True, **TINY), ws, kind="teacher")
+    with pytest.raises(FerError, match="rerun `fer gen-labels`"):
+        fit(TrainConfig(arch="lfer", epochs=1, overwrite=True, **TINY), ws)
+
+
+def test_gen_labels_refuses_test_split_and_bad_distributions(ws: Workspace, tmp_path: Path):
+    fit(TeacherConfig(arch="shufflenet_v2", epochs=1, **TINY), ws, kind="teacher")
+    with pytest.raises(FerError, match="refusing to label the test split"):
+        generate_labels(GenLabelsConfig(splits=("train", "test"), workers=0), ws)
+    df = pd.DataFrame({"path": ["a", "b"], "split": "train", "label": [0, 1]})
+    for i, c in enumerate(dist_columns(CLASSES_7)):
+        df[c] = [0.5 if i < 2 else 0.0, 0.2 if i == 0 else 0.0]
+    with pytest.raises(FerError, match=r"\(row 1\): distribution .* is not a probability distribution"):
+        write_labels(df, CLASSES_7, tmp_path / "l.parquet", {})
+    assert not (tmp_path / "l.parquet").exists()
+
+
+def test_resume_is_exact_under_deterministic(ws: Workspace, tmp_path: Path):
+    base = dict(arch="shufflenet_v2", epochs=2, deterministic=True, checkpoint_every=0, targets="none", **TINY)
+    full = fit(TrainConfig(out=tmp_path / "full", **base), ws)
+    part = fit(TrainConfig(out=tmp_path / "part", max_steps=3, **base), ws)  # stops mid-epoch 1
+    assert part.stopped_at_step == 3 and not part.best.exists()
+    resumed = fit(TrainConfig(out=tmp_path / "part", resume=True, **base), ws)
+    assert "resumed" in resumed.notes[-1]
+    a, b = load_checkpoint(full.last)["state_dict"], load_checkpoint(resumed.last)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_acc"] for r in full.history] == [r["val_acc"] for r in resumed.history]
+
+
+def test_bad_inputs(ws: Workspace, tmp_path: Path):
+    cfg = dict(arch="shufflenet_v2", epochs=1, targets="none", **TINY)
+    with pytest.raises(FerError, match="needs label distributions: run `fer gen-labels`"):
+        fit(TrainConfig(**{**cfg, "targets": "teacher"}), ws)
+    with pytest.raises(FerError, match="--targets votes needs distribution columns"):
+        fit(TrainConfig(**{**cfg, "targets": "votes"}), ws)
+    # no valid split: say how to make one
+    m = read_manifest(ws.current_path("dataset"))
+    only_train = tmp_path / "train_only.parquet"
+    write_manifest(m.df[m.df["split"] == "train"], m.classes, m.root, only_train)
+    with pytest.raises(FerError, match="no labelled 'valid' split .* --val-fraction 0.1"):
+        fit(TrainConfig(manifest=only_train, **cfg), ws)
+    r = fit(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
+    assert "held out" in r.notes[0]
+    # an existing run is not overwritten without --resume/--overwrite
+    with pytest.raises(FerError, match="a training run is already here; pass --resume"):
+        fit(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
+    # NaN loss: stop with the batch and the last good checkpoint named; nothing overwritten
+    fit(TrainConfig(out=tmp_path / "nan", **cfg), ws)
+    before = (tmp_path / "nan" / "best.pt").read_bytes()
+    with pytest.raises(FerError, match=r"loss became (nan|inf) at epoch 1, step \d+ \(images train/.*last good checkpoint: .*nan/last.pt"):
+        fit(TrainConfig(out=tmp_path / "nan", lr=1e30, overwrite=True, **cfg), ws)
+    assert (tmp_path / "nan" / "best.pt").read_bytes() == before
+
+
+@pytest.mark.shared
+def test_ferplus_short_run_learns(ferplus_dir: Path, tmp_path: Path):
+    """Real data: a short run lowers the training loss and beats the majority-class rate on valid."""
+    ws = Workspace(tmp_path)
+    full = read_manifest(run_import(ImportConfig(format="ferplus", src=ferplus_dir, out=tmp_path / "all.parquet"), ws).out)
+    df = full.df[full.df["label"] >= 0]
+    sub = pd.concat([df[df.split == "train"].sample(2000, random_state=0), df[df.split == "valid"].sample(400, random_state=0)])
+    write_manifest(sub, full.classes, full.root, tmp_path / "sub.parquet")
+    r = fit(TrainConfig(manifest=tmp_path / "sub.parquet", arch="lfer", input_size=48, epochs=4, batch_size=32, lr=0.05,
+                        loss="ce", targets="none", workers=0, threads=2), ws)
+    majority = (sub[sub.split == "valid"]["label"] == sub[sub.split == "train"]["label"].mode()[0]).mean()
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    assert r.best_row["val_acc"] > majority + 0.03, (r.best_row, majority)
+
+
+def test_torchrun_two_processes(ws: Workspace, tmp_path: Path):
+    """DDP on CPU through torchrun: one short epoch, a valid checkpoint."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fercli",
+           "-w", str(ws.root), "-q", "train", "--arch", "shufflenet_v2", "--targets", "none", "--epochs", "1",
+           "--input-size", "32", "--batch-size", "8", "--workers", "0", "--threads", "1", "--out", str(out), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr
+    model, ckpt = model_from_checkpoint(out / "best.pt")
+    assert ckpt["arch"] == "shufflenet_v2" and len(ckpt["metrics"]["best"]) > 0
+    summary = json.loads(proc.stdout)  # only rank 0 reports
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
