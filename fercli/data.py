@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from fercli.progress import Track, no_track
 from fercli.transforms import Preprocess, decode_image
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class DecodeDataset(torch.utils.data.Dataset):
@@ -63,13 +65,22 @@ def cache_key(manifest_sha: str, size: int, paths: Sequence[str]) -> str:
     return h.hexdigest()[:20]
 
 
+def _worker_errors(loader: Iterable[T]) -> Iterator[T]:
+    """Re-raise a FerError from a DataLoader worker as the one-line error it was (torch wraps it in a traceback)."""
+    try:
+        yield from loader
+    except FerError as exc:
+        text = str(exc)
+        raise FerError(text.rsplit("FerError: ", 1)[-1] if "Original Traceback" in text else text) from None
+
+
 def build_cache(paths: Sequence[Path], size: int, dest: Path, workers: int = 0, track: Track = no_track) -> np.ndarray:
     """Decode ``paths`` at ``size`` into a uint8 memmap at ``dest`` (atomically); return it read-only."""
     loader = torch.utils.data.DataLoader(DecodeDataset(paths, size), batch_size=64, num_workers=workers)
     with atomic_path(dest) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
         i = 0
-        for batch in track(loader, f"decoding {len(paths):,} images into the cache", len(loader)):
+        for batch in track(_worker_errors(loader), f"decoding {len(paths):,} images into the cache", len(loader)):
             arr[i:i + len(batch)] = batch.permute(0, 2, 3, 1).numpy()
             i += len(batch)
         arr.flush()
@@ -171,7 +182,7 @@ def load_batches(split: Split, index_batches: list[list[int]], workers: int) -> 
         return
     loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=index_batches, num_workers=workers,
                                          persistent_workers=False)
-    for data, idx in zip(loader, index_batches):
+    for data, idx in zip(_worker_errors(loader), index_batches):
         yield data, idx
 
 

@@ -37,11 +37,16 @@ class Stage:
     kind: str
     command: str
     inputs: tuple[str, ...]
+    alternative: str = ""  # another command that makes the same kind of artifact
+
+    @property
+    def how(self) -> str:
+        return f"`{self.command}`" + (f" or `{self.alternative}`" if self.alternative else "")
 
 
 # In pipeline order; `fer status` suggests the first stage whose artifact is missing or stale.
 PIPELINE: tuple[Stage, ...] = (
-    Stage("dataset", "fer align SRC aligned/  (or: fer data import FORMAT SRC)", ()),
+    Stage("dataset", "fer align SRC aligned/", (), "fer data import FORMAT SRC"),
     Stage("teacher", "fer pretrain-teacher", ("dataset",)),
     Stage("labels", "fer gen-labels", ("dataset", "teacher")),
     Stage("student", "fer train --beta 0.2", ("dataset", "labels")),
@@ -220,7 +225,7 @@ class Workspace:
             stage = STAGES[kind]
             raise FerError(
                 f"no {kind} in workspace {self.root} (looked for {ARTIFACT_FILES[kind]}): "
-                f"run `{stage.command}` first, or pass its path"
+                f"run {stage.how} first, or pass its path"
             )
         return Artifact(kind, path, read_artifact_meta(path), implicit=True)
 

@@ -106,6 +106,15 @@ def test_bad_inputs(ws: Workspace, tmp_path: Path):
     # an existing run is not overwritten without --resume/--overwrite
     with pytest.raises(FerError, match="a training run is already here; pass --resume"):
         fit(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
+    # a missing image is named, also when decoded in a worker process
+    victim = m.root / m.df["path"].iloc[0]
+    victim.rename(victim.with_suffix(".bak"))
+    try:
+        with pytest.raises(FerError, match=rf"^{victim}: cannot decode \(the file is missing\)"):
+            fit(TrainConfig(manifest=ws.current_path("dataset"), out=tmp_path / "missing", **{**cfg, "workers": 1}),
+                Workspace(tmp_path / "fresh"))
+    finally:
+        victim.with_suffix(".bak").rename(victim)
     # NaN loss: stop with the batch and the last good checkpoint named; nothing overwritten
     fit(TrainConfig(out=tmp_path / "nan", **cfg), ws)
     before = (tmp_path / "nan" / "best.pt").read_bytes()
