@@ -9,8 +9,13 @@ from typer.core import TyperGroup
 
 from fercli import __version__
 from fercli.commands import _ui
+from fercli.commands import align as align_cmd
+from fercli.commands import bench as bench_cmd
 from fercli.commands import data as data_cmd
+from fercli.commands import gen_labels as gen_labels_cmd
+from fercli.commands import export as export_cmd
 from fercli.commands import status as status_cmd
+from fercli.commands import train as train_cmd
 from fercli.errors import FerError
 from fercli.workspace import ENV_VAR
 
@@ -63,6 +68,12 @@ def _main(
 
 app.add_typer(data_cmd.app, name="data")
 app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
+app.command("pretrain-teacher", epilog=train_cmd.TEACHER_EXAMPLE)(train_cmd.pretrain_teacher)
+app.command("gen-labels", epilog=gen_labels_cmd.EXAMPLE)(gen_labels_cmd.gen_labels)
+app.command("train", epilog=train_cmd.TRAIN_EXAMPLE)(train_cmd.train)
+app.command("align", epilog=align_cmd.EXAMPLE)(align_cmd.align)
+app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
+app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)
 
 
 def main() -> None:

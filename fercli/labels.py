@@ -8,6 +8,7 @@ and the test split is refused unless forced: distributions are a training signal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,8 @@ def quality(probs: np.ndarray, labels: np.ndarray, votes: np.ndarray | None = No
 
 
 @torch.no_grad()
-def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track, command: str | None = None) -> LabelsResult:
+def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
+                    on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> LabelsResult:
     """Run the teacher over the chosen splits and write the distributions (validated) atomically."""
     if cfg.temperature <= 0:
         raise FerError(f"--temperature must be positive, got {cfg.temperature}")
@@ -80,6 +82,8 @@ def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track
         raise FerError("refusing to label the test split: distributions are a training signal and test images must stay "
                        "unseen; pass --force if you really mean it")
     inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher})
+    if on_inputs is not None:
+        on_inputs(inputs)
     m = read_manifest(inputs["dataset"].path)
     model, ckpt = model_from_checkpoint(inputs["teacher"].path)
     pre = preset_from_meta(ckpt)

@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -150,8 +151,12 @@ def _labelled(m: Manifest) -> pd.DataFrame:
     return m.df[m.df[COL_LABEL] >= 0]
 
 
-def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teacher_stage: bool = False) -> Prepared:
-    """Resolve the manifest (and labels), pick train/valid rows and targets, build (cached) splits."""
+def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teacher_stage: bool = False,
+                 on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> Prepared:
+    """Resolve the manifest (and labels), pick train/valid rows and targets, build (cached) splits.
+
+    ``on_inputs`` is told the resolved artifacts as soon as they are known (the CLI prints them).
+    """
     want_labels = not teacher_stage and cfg.targets in ("auto", "teacher")
     explicit = {"dataset": cfg.manifest}
     notes: list[str] = []
@@ -162,6 +167,8 @@ def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teach
         elif cfg.targets == "teacher":
             raise FerError("--targets teacher needs label distributions: run `fer gen-labels` first, or pass --labels")
     inputs = ws.resolve_inputs(explicit)
+    if on_inputs is not None:
+        on_inputs(inputs)
     m = read_manifest(inputs["dataset"].path)
     targets = cfg.targets
     if targets == "auto":
@@ -310,7 +317,8 @@ def plot_curves(history: list[dict[str, Any]], dest: Path) -> None:
 
 
 def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = no_track,
-        progress: TrainProgress | None = None, command: str | None = None) -> FitResult:
+        progress: TrainProgress | None = None, command: str | None = None,
+        on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> FitResult:
     """Train a model as ``cfg`` says and write its run directory; see the module docstring."""
     progress = progress or LogProgress()
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
@@ -337,7 +345,8 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
         raise FerError(f"{last_path}: nothing to resume; start the run without --resume")
 
     teacher_stage = kind == "teacher"
-    data = prepare_data(cfg, ws, track, teacher_stage=teacher_stage)
+    data = prepare_data(cfg, ws, track, teacher_stage=teacher_stage,
+                        on_inputs=on_inputs if dist_info.is_main else None)
     classes = data.classes
     pre = Preprocess("train", cfg.input_size, IMAGENET_MEAN, IMAGENET_STD)
     margs = model_args(cfg.arch, len(classes))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import typer
@@ -72,6 +72,16 @@ def using(ctx: typer.Context, ws: Workspace, art: Artifact) -> None:
     """Tell the user which artifact a stage resolved, and from where."""
     origin = "workspace" if art.implicit else "given"
     say(ctx, f"[dim]using {art.kind} ({origin}):[/] {ws.describe(art)}")
+
+
+def announcer(ctx: typer.Context, ws: Workspace) -> Callable[[dict[str, Artifact]], None]:
+    """A callback for core functions' ``on_inputs``: says which artifacts a stage resolved."""
+
+    def announce(arts: dict[str, Artifact]) -> None:
+        for art in arts.values():
+            using(ctx, ws, art)
+
+    return announce
 
 
 def print_json(obj: Any) -> None:

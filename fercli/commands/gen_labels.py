@@ -42,9 +42,8 @@ def gen_labels(
     cfg = build_config(GenLabelsConfig, "gen-labels", dict(
         manifest=manifest, teacher=teacher, out=out, temperature=temperature, flip=flip, splits=splits, force=force,
         batch_size=batch_size, workers=workers, cache=cache, device=device), ws, config)
-    res = generate_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]))
-    for art in res.inputs.values():
-        _ui.using(ctx, ws, art)
+    res = generate_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
+                          on_inputs=_ui.announcer(ctx, ws))
     if json_out:
         _ui.print_json(res.summary)
         return

@@ -86,13 +86,12 @@ def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Option
     progress = _ui.RichTrainProgress()
     try:
         result = fit(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,
-                     command="fer " + " ".join(sys.argv[1:]))
+                     command="fer " + " ".join(sys.argv[1:]),
+                     on_inputs=_ui.announcer(ctx, ws))
     finally:
         progress.close()
     if result.rank != 0:
         return
-    for art in result.inputs.values():
-        _ui.using(ctx, ws, art)
     summary = result.summary()
     if json_out:
         _ui.print_json(summary)
