@@ -1,0 +1,201 @@
+"""`fer eval`: trustworthy scores for a checkpoint or an exported model on one split of a manifest.
+
+Writes ``report.json`` (every figure, the model's and manifest's sha256, split, image count, classes,
+how it was made), ``predictions.csv`` (one row per image: label, prediction, probabilities, so every
+figure can be recomputed by hand), ``confusion.csv`` (counts, rows = true class) and
+``confusion.png`` (normalised per row, class names on both axes).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
+from fercli.errors import FerError
+from fercli.fileio import atomic_path, atomic_write_json, atomic_write_text
+from fercli.inference import Classifier, class_mapping
+from fercli.progress import Track, no_track
+from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, make_provenance, now_iso, read_manifest
+from fercli.training import resolve_device
+from fercli.workspace import Artifact, Workspace
+
+
+@dataclass
+class EvalConfig:
+    """Options of `fer eval`."""
+
+    model: Path | None = None  # checkpoint or export; default: the workspace's student
+    manifest: Path | None = None  # default: the workspace's dataset
+    split: str = "test"
+    tta: str = "none"  # none or flip
+    map: bool = False  # score on the shared classes when one class list is a subset of the other
+    out: Path | None = None  # report directory; default: the workspace's eval/
+    batch_size: int = 128
+    workers: int = 2
+    cache: bool = True
+    device: str = "auto"
+    threads: int | None = None
+
+
+def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str] | tuple[str, ...],
+                    votes: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, mean per-class accuracy, per-class precision/recall/F1, confusion matrix, and
+    (with crowd ``votes``) mean KL(votes || prediction) and agreement with the vote majority."""
+    n = len(classes)
+    pred = probs.argmax(1)
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    per_class = {}
+    recalls = []
+    for i, c in enumerate(classes):
+        tp, support, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else float("nan")
+        f1 = 2 * precision * recall / (precision + recall) if support and (precision + recall) > 0 else 0.0
+        per_class[c] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
+        if support:
+            recalls.append(recall)
+    out: dict[str, Any] = {
+        "images": int(len(y)),
+        "accuracy": float((pred == y).mean()),
+        "mean_class_accuracy": float(np.mean(recalls)),
+        "macro_f1": float(np.mean([v["f1"] for v in per_class.values() if v["support"]])),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+    }
+    if votes is not None:
+        ok = ~np.isnan(votes).any(1)
+        if ok.any():
+            v, p = votes[ok], probs[ok]
+            eps = 1e-12
+            kl = np.where(v > 0, v * (np.log(v + eps) - np.log(p + eps)), 0.0).sum(1)
+            out["votes"] = {"images": int(ok.sum()), "mean_kl_votes_pred": float(kl.mean()),
+                            "vote_majority_agreement": float((p.argmax(1) == v.argmax(1)).mean())}
+    return out
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str] | tuple[str, ...], title: str, dest: Path) -> None:
+    """Confusion matrix normalised per row (true class), class names on both axes, values printed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(classes), 0.8 + 0.8 * len(classes)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    report: dict[str, Any]
+    inputs: dict[str, Artifact]
+
+
+def _csv_text(df: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
+             on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> EvalResult:
+    """Score a model on one split and write the report files (see the module docstring)."""
+    if cfg.split not in SPLITS:
+        raise FerError(f"--split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    if cfg.tta not in ("none", "flip"):
+        raise FerError(f"--tta must be none or flip, got {cfg.tta!r}")
+    # A model may be scored on any dataset (cross-dataset evaluation), so the two are resolved
+    # separately rather than checked against each other's provenance; classes are checked below.
+    inputs = {"model": ws.resolve("student", cfg.model), "dataset": ws.resolve("dataset", cfg.manifest)}
+    if on_inputs is not None:
+        on_inputs(inputs)
+    device = resolve_device(cfg.device)
+    clf = Classifier.load(inputs["model"].path, device, cfg.threads)
+    m = read_manifest(inputs["dataset"].path)
+    rows = m.df[(m.df[COL_SPLIT] == cfg.split) & (m.df[COL_LABEL] >= 0)]
+    if rows.empty:
+        present = sorted(set(m.df[COL_SPLIT]))
+        raise FerError(f"{m.path}: no labelled images in split {cfg.split!r} (it has: {', '.join(present)}); "
+                       f"pass --split {present[-1] if present else 'valid'}")
+    mapping = class_mapping(clf.classes, m.classes, cfg.map, str(clf.path), str(m.path))
+    classes = list(m.classes)
+    keep_cols = list(range(len(clf.classes)))
+    dropped = 0
+    if mapping is not None:
+        keep_cols, scored = mapping
+        classes = [m.classes[i] for i in scored]
+        in_scope = rows[COL_LABEL].isin(scored)
+        dropped = int((~in_scope).sum())
+        rows = rows[in_scope]
+        if rows.empty:
+            raise FerError(f"{m.path}: no images of the shared classes in split {cfg.split!r}")
+
+    cache = cache_dir_for(ws.root) if cfg.cache else None
+    split = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, clf.preprocess.input_size,
+                       cache, ws.sha256(m.path), cfg.workers, track)
+    probs = np.empty((len(split), len(clf.classes)), dtype=np.float64)
+    index_batches = batches(list(range(len(split))), cfg.batch_size)
+    for x, idx in track(load_batches(split, index_batches, cfg.workers), f"evaluating on {cfg.split}", len(index_batches)):
+        probs[idx] = clf.probs(normalize(x, clf.preprocess, device), tta_flip=cfg.tta == "flip")
+    probs = probs[:, keep_cols]
+    probs /= probs.sum(1, keepdims=True)  # renormalise when --map dropped output classes
+    label_names = rows[COL_LABEL].map(lambda i: m.classes[i]).to_numpy()
+    y = np.array([classes.index(n) for n in label_names])
+    votes = None
+    if m.has_dist:
+        votes = rows[[f"dist_{c}" for c in classes]].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            votes = votes / votes.sum(1, keepdims=True)
+    metrics = compute_metrics(y, probs, classes, votes)
+
+    out_dir = Path(cfg.out) if cfg.out is not None else ws.default_path("eval").parent
+    preds = pd.DataFrame({"path": rows[COL_PATH].to_numpy(), "label": label_names,
+                          "pred": [classes[i] for i in probs.argmax(1)]})
+    for j, c in enumerate(classes):
+        preds[f"p_{c}"] = probs[:, j]
+    cm = np.asarray(metrics["confusion"])
+    confusion = pd.DataFrame(cm, index=pd.Index(classes, name="true \\ predicted"), columns=classes).reset_index()
+    atomic_write_text(out_dir / "predictions.csv", _csv_text(preds))
+    atomic_write_text(out_dir / "confusion.csv", _csv_text(confusion))
+    title = f"{clf.arch} on {m.meta.get('dataset') or 'dataset'} {cfg.split} (acc {metrics['accuracy']:.3f})"
+    plot_confusion(cm, classes, title, out_dir / "confusion.png")
+
+    model_sha, manifest_sha = ws.sha256(clf.path), ws.sha256(m.path)
+    report = {
+        "schema_version": 1, "kind": "eval", "created": now_iso(),
+        "model": {"path": str(clf.path), "sha256": model_sha, "kind": clf.kind, "arch": clf.arch,
+                  "classes": list(clf.classes), "input_size": clf.preprocess.input_size},
+        "manifest": {"path": str(m.path), "sha256": manifest_sha, "split": cfg.split},
+        "classes": classes, "tta": cfg.tta, "mapped": mapping is not None, "excluded_by_map": dropped,
+        **metrics,
+        "files": {k: str(out_dir / f) for k, f in (("predictions", "predictions.csv"), ("confusion_csv", "confusion.csv"),
+                                                    ("confusion_png", "confusion.png"))},
+        "provenance": make_provenance("eval", {"student" if clf.kind == "checkpoint" else "export": ws.input_ref(inputs["model"]),
+                                               "dataset": ws.input_ref(inputs["dataset"])},
+                                      {"split": cfg.split, "accuracy": round(metrics["accuracy"], 4)}, command),
+    }
+    atomic_write_json(out_dir / "report.json", report)
+    ws.record("eval", out_dir / "report.json")
+    return EvalResult(out_dir, report, inputs)

@@ -1,0 +1,103 @@
+"""One classifier interface over a checkpoint, an ONNX export or a TorchScript export.
+
+`fer eval` and `fer predict` both go through :class:`Classifier`, so a face gets the same
+preprocessing (the preset stored with the model) and the same probabilities whichever command, and
+whichever backend, produced them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fercli.errors import FerError
+from fercli.fileio import sha256_file
+from fercli.transforms import Preprocess, preset_from_meta
+
+EXPORT_SUFFIXES = (".onnx", ".torchscript", ".ts")
+
+
+@dataclass
+class Classifier:
+    """A loaded expression classifier: its classes, its preprocessing, and a batch forward."""
+
+    path: Path
+    kind: str  # checkpoint, onnx, torchscript
+    arch: str
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    device: torch.device
+    _model: Any = None
+    _session: Any = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu", threads: int | None = None) -> Classifier:
+        """Load a fercli checkpoint (student or teacher) or an export made by `fer export`."""
+        path = Path(path)
+        device = torch.device(device)
+        if path.suffix.lower() in EXPORT_SUFFIXES:
+            from fercli.export import ort_session, read_export_meta
+
+            meta = read_export_meta(path)
+            pre = preset_from_meta(meta)
+            if path.suffix.lower() == ".onnx":
+                session = ort_session(path, threads=threads, device=device.type)
+                return cls(path, "onnx", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _session=session)
+            model = torch.jit.load(str(path), map_location=device).eval()
+            return cls(path, "torchscript", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _model=model)
+        from fercli.checkpoint import model_from_checkpoint
+
+        model, ckpt = model_from_checkpoint(path)
+        return cls(path, "checkpoint", ckpt["arch"], tuple(ckpt["classes"]), preset_from_meta(ckpt), device,
+                   _model=model.to(device).eval())
+
+    @property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Logits (N, C) for a normalised float batch (N, 3, S, S)."""
+        if self._session is not None:
+            name = self._session.get_inputs()[0].name
+            return self._session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return self._model(x.to(self.device)).float().cpu().numpy()
+
+    def probs(self, x: torch.Tensor, tta_flip: bool = False) -> np.ndarray:
+        """Softmax probabilities (N, C) in float64; ``tta_flip`` averages with the mirrored batch."""
+        p = _softmax(self.logits(x))
+        if tta_flip:
+            p = (p + _softmax(self.logits(x.flip(-1)))) / 2
+        return p
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def class_mapping(model_classes: tuple[str, ...], data_classes: tuple[str, ...], allow_map: bool, model_name: str,
+                  data_name: str) -> tuple[list[int], list[int]] | None:
+    """How to compare a model's outputs with a dataset's labels when their class lists differ.
+
+    Returns None when the lists are equal. With ``allow_map`` and one list a subset of the other,
+    returns (model output columns to keep, dataset classes scored), both in dataset order; anything
+    else is a :class:`FerError`.
+    """
+    if tuple(model_classes) == tuple(data_classes):
+        return None
+    subset = set(data_classes) <= set(model_classes) or set(model_classes) <= set(data_classes)
+    if not allow_map or not subset:
+        fix = ("pass --map to score on the classes they share" if subset
+               else "the class lists are not subsets of each other; use a model trained on this class list")
+        raise FerError(f"class lists differ: {model_name} has {len(model_classes)} classes ({', '.join(model_classes)}), "
+                       f"{data_name} has {len(data_classes)} ({', '.join(data_classes)}); {fix}")
+    shared = [c for c in data_classes if c in model_classes]
+    return [model_classes.index(c) for c in shared], [data_classes.index(c) for c in shared]
