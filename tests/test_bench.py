@@ -50,7 +50,7 @@ def test_bench_table_and_a_checkpoint(runner, workspace):
     res = runner.invoke(app, ["bench", "s.pt", "--batch", "1,2", "--backend", "eager", "--reps", "2", "--min-reps", "1",
                               "--warmup", "0", "--threads", "1"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "s.pt (lfer_head)" in res.stdout and "agrees" in res.stdout and "median ms" in res.stdout
+    assert "s.pt (lfer_head)" in res.stdout and "agrees" in res.stdout and "latency in ms" in res.stdout
     rep = run_bench(BenchConfig(models=("s.pt",), latency=False))
     assert rep.cost[0]["input_size"] == 48 and not rep.latency  # the checkpoint's own size
 

@@ -242,3 +242,13 @@ def test_init_from_an_unrelated_checkpoint_is_refused(tmp_path):
     torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     with pytest.raises(FerError, match="no tensor fits"):
         build_model("lfer", 7, init=tmp_path / "other.pt")
+
+
+def test_student_trains_on_a_batch_of_one():
+    """The head's BatchNorm sees one value per channel; a last batch of one image must still train."""
+    model = create_model("lfer", 7).train()
+    before = model.head.bn.running_mean.clone()
+    loss = model(torch.randn(1, 3, 48, 48)).logsumexp(1).sum()
+    loss.backward()
+    assert model.head.pw.weight.grad is not None
+    assert torch.equal(model.head.bn.running_mean, before)

@@ -1,0 +1,176 @@
+"""Self-describing checkpoints: a model rebuilds from the file alone.
+
+A checkpoint is ``torch.save`` of a plain dict with the keys :data:`fercli.schema.CHECKPOINT_KEYS`:
+the registry name (``arch``) and complete builder arguments (``model_args``), the class list, the
+preprocessing (``input_size``, ``mean``, ``std``), the weights, the stage config, metrics, library
+versions and provenance. Only tensors, numbers, strings, lists and dicts are stored, so it loads
+with ``torch.load(weights_only=True)``; a file that needs pickled code to load is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from fercli import __version__
+from fercli.errors import FerError
+from fercli.fileio import atomic_path
+from fercli.models import get_spec
+from fercli.schema import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, SCHEMA_VERSION, make_provenance
+from fercli.transforms import IMAGENET_MEAN, IMAGENET_STD, check_input_size
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in checkpoints and exports."""
+    return {"fercli": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+
+
+def make_checkpoint(
+    model: nn.Module,
+    arch: str,
+    model_args: dict[str, Any],
+    classes: Sequence[str],
+    input_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict for ``model`` (weights copied to CPU); see the module docstring."""
+    get_spec(arch)
+    check_input_size(input_size)
+    if int(model_args.get("num_classes", -1)) != len(classes):
+        raise FerError(f"{arch}: model_args has num_classes={model_args.get('num_classes')} but {len(classes)} classes were given")
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "arch": arch,
+        "model_args": dict(model_args),
+        "classes": list(classes),
+        "input_size": int(input_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "config": config or {},
+        "metrics": metrics or {},
+        "versions": library_versions(),
+        "provenance": provenance or make_provenance("checkpoint", summary={"arch": arch}),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> Path:
+    """Write a checkpoint atomically (the previous file survives a crash)."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint lacks {missing}; build it with make_checkpoint")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+    return path
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors for refused and unreadable files."""
+    if not path.is_file():
+        raise FerError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler names the global it refused; anything else is damage.
+        if "GLOBAL" not in str(exc) and "global" not in str(exc):
+            raise FerError(f"{path}: not a readable PyTorch checkpoint (damaged or not a torch.save file)") from exc
+        raise FerError(
+            f"{path}: refused to load: the file contains pickled code or objects, not plain tensors and "
+            "containers; only load it if you trust it, and re-save it as a state dict"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise FerError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and validate a fercli checkpoint (weights included), with a clear error for anything else."""
+    path = Path(path)
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FerError(f"{path}: not a fercli checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
+                       "make one with fercli, or pass it to --init to load its weights by name")
+    version = ckpt.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise FerError(f"{path}: checkpoint schema version {version!r} is newer than this fercli reads "
+                       f"({SCHEMA_VERSION}); upgrade fercli (pip install -U fercli)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise FerError(f"{path}: incomplete fercli checkpoint, missing {', '.join(missing)}; re-save it with this fercli")
+    if not isinstance(ckpt["state_dict"], dict) or not isinstance(ckpt["model_args"], dict):
+        raise FerError(f"{path}: damaged checkpoint (state_dict and model_args must be dicts); re-save it")
+    try:
+        get_spec(ckpt["arch"])
+    except FerError as exc:
+        raise FerError(f"{path}: {exc}; it was probably made by another fercli version") from None
+    check_input_size(ckpt["input_size"], where=f"{path}: input_size")
+    if len(ckpt["classes"]) != ckpt["model_args"].get("num_classes"):
+        raise FerError(f"{path}: {len(ckpt['classes'])} classes but model_args.num_classes="
+                       f"{ckpt['model_args'].get('num_classes')}; the checkpoint is inconsistent, re-save it")
+    return ckpt
+
+
+def model_from_checkpoint(path_or_ckpt: str | os.PathLike[str] | dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes, load its weights, and return (model in eval mode, checkpoint).
+
+    Weights that do not fit the described architecture (missing or unexpected names, other shapes)
+    are a :class:`FerError` listing the first mismatches.
+    """
+    if isinstance(path_or_ckpt, dict):
+        ckpt, where = path_or_ckpt, "checkpoint"
+    else:
+        ckpt, where = load_checkpoint(path_or_ckpt), str(path_or_ckpt)
+    arch, args = ckpt["arch"], dict(ckpt["model_args"])
+    try:
+        model = get_spec(arch).builder(**args)
+    except (TypeError, FerError) as exc:
+        raise FerError(f"{where}: cannot rebuild {arch} from model_args {args} ({exc}); "
+                       "it was made by an incompatible fercli version") from None
+    state = ckpt["state_dict"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                parts.append(f"{label} {', '.join(items[:3])}" + (f" (+{len(items) - 3} more)" if len(items) > 3 else ""))
+        raise FerError(f"{where}: weights do not fit {arch} {args}: {'; '.join(parts)}; the checkpoint is "
+                       "incompatible with this fercli (use --init to load the tensors that fit)")
+    model.load_state_dict(state)
+    return model.eval(), ckpt
+
+
+def load_state_source(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The weights in ``path``: a fercli checkpoint's state dict, or a plain state dict (e.g. torchvision's)."""
+    path = Path(path)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        obj = obj.get("state_dict")
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # a common training-script layout
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise FerError(f"{path}: holds no state dict of tensors; pass a fercli checkpoint or a saved state_dict")
+    return obj
+
+
+def checkpoint_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Key figures of a checkpoint for tables: arch, classes, input size, parameter count."""
+    params = sum(v.numel() for k, v in ckpt["state_dict"].items()
+                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    return {"arch": ckpt["arch"], "classes": len(ckpt["classes"]), "input_size": ckpt["input_size"], "params": params}

@@ -1,0 +1,242 @@
+"""`fer export`: a checkpoint -> an ONNX or TorchScript file that runs without fercli.
+
+The exported graph takes a float32 batch ``(N, 3, S, S)`` (dynamic N) normalised with the stored
+mean/std and returns logits ``(N, classes)``. The class list and preprocessing travel with the file:
+
+* ONNX: ``metadata_props`` (``fercli`` = the JSON below, plus ``classes``, ``input_size``, ``mean``,
+  ``std`` as plain strings for other runtimes);
+* TorchScript: an extra file ``fercli.json`` inside the archive (``torch.jit.load(path,
+  _extra_files={"fercli.json": ""})``);
+* both: a sidecar ``<file>.json`` with the same metadata and provenance (what ``fer status`` reads).
+
+Before the file is moved into place it is loaded back with its runtime (ONNX Runtime or
+``torch.jit.load``) and compared with the eager model on random batches of several sizes; above the
+tolerance (1e-4 by default) nothing is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fercli.checkpoint import library_versions, model_from_checkpoint
+from fercli.errors import FerError
+from fercli.fileio import atomic_write_bytes, atomic_write_json
+from fercli.schema import SCHEMA_VERSION, make_provenance
+from fercli.workspace import Artifact, Workspace
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript"}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportConfig:
+    """Options of `fer export` (the ``[export]`` table of a config file)."""
+
+    format: Literal["onnx", "torchscript"] = "onnx"
+    out: Path | None = None  # default: WORKSPACE/export/model.onnx (or .torchscript)
+    opset: int = 17
+    tolerance: float = 1e-4  # max abs logit difference allowed between the export and eager PyTorch
+    parity_batches: tuple[int, ...] = (1, 3)  # batch sizes of the random parity inputs (tests dynamic batch)
+    seed: int = 0
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    format: str
+    max_abs_diff: float
+    parity: dict[int, float]  # batch size -> max abs difference
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.meta
+        return {"path": str(self.path), "sidecar": str(self.sidecar), "format": self.format,
+                "arch": m.get("arch"), "classes": m.get("classes"), "input_size": m.get("input_size"),
+                "mean": m.get("mean"), "std": m.get("std"), "max_abs_diff": self.max_abs_diff,
+                "parity": {str(k): v for k, v in self.parity.items()}, "bytes": self.path.stat().st_size}
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise FerError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing): pip install onnx onnxruntime") from None
+    return onnx, onnxruntime
+
+
+def onnx_bytes(model: nn.Module, input_size: int, opset: int = 17, batch: int = 2) -> bytes:
+    """Export ``model`` to ONNX in memory with a dynamic batch axis.
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it needs no extra package, handles every
+    registered model, and its graph is what ONNX Runtime's optimiser expects. The example batch is
+    2, not 1, so no shape is specialised to a batch of one.
+    """
+    x = torch.randn(batch, 3, input_size, input_size)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings
+        torch.onnx.export(
+            model.eval(), (x,), buf, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    return buf.getvalue()
+
+
+def torchscript_module(model: nn.Module, input_size: int, batch: int = 2, device: str = "cpu") -> torch.jit.ScriptModule:
+    """Trace ``model`` (eval mode, on ``device``) into TorchScript.
+
+    Batch sizes stay dynamic because every reshape reads the batch from the tensor at run time.
+    """
+    x = torch.randn(batch, 3, input_size, input_size, device=device)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model.eval(), x)
+
+
+def ort_session(data: bytes | str | os.PathLike[str], threads: int | None = None, device: str = "cpu") -> Any:
+    """An ONNX Runtime session with full graph optimisation (CPU, or CUDA when asked and available)."""
+    _, ort = _require_onnx()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    # No busy-waiting between runs: spinning threads would steal the cores from PyTorch when both
+    # run in one process (fer bench interleaves them), and from anything else on a small machine.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise FerError("onnxruntime has no CUDA provider here: install onnxruntime-gpu or use --device cpu")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ort.InferenceSession(data if isinstance(data, bytes) else str(data), so, providers=providers)
+
+
+def export_meta(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """What a deployed model needs to be fed and read: classes and preprocessing, plus identity."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "export",
+        "format": fmt,
+        "arch": ckpt["arch"],
+        "model_args": ckpt["model_args"],
+        "classes": list(ckpt["classes"]),
+        "input_size": int(ckpt["input_size"]),
+        "mean": list(ckpt["mean"]),
+        "std": list(ckpt["std"]),
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, int(ckpt["input_size"]), int(ckpt["input_size"])],
+                  "dtype": "float32", "layout": "NCHW, RGB, (x / 255 - mean) / std"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(ckpt["classes"])], "meaning": "logits; softmax for probabilities"},
+        "versions": library_versions(),
+    }
+
+
+def _parity(run: Any, model: nn.Module, input_size: int, batches: tuple[int, ...], seed: int) -> dict[int, float]:
+    gen = torch.Generator().manual_seed(seed)
+    diffs = {}
+    with torch.inference_mode():
+        for b in batches:
+            x = torch.randn(b, 3, input_size, input_size, generator=gen)
+            ref = model(x).numpy()
+            got = np.asarray(run(x))
+            if got.shape != ref.shape:
+                raise FerError(f"exported model returned shape {got.shape} for a batch of {b}, expected {ref.shape}")
+            diffs[b] = float(np.abs(got - ref).max())
+    return diffs
+
+
+def resolve_checkpoint(workspace: Workspace, ckpt: str | os.PathLike[str] | None = None) -> Artifact:
+    """The checkpoint to export: ``ckpt`` if given, else the workspace's current student."""
+    if ckpt is not None and Path(ckpt).suffix.lower() not in (".pt", ".pth"):
+        raise FerError(f"{ckpt}: fer export takes a fercli checkpoint (.pt or .pth), not {Path(ckpt).suffix or 'this file'}")
+    return workspace.resolve("student", ckpt)
+
+
+def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[str] | Artifact | None = None,
+               command: str | None = None) -> tuple[ExportResult, Artifact]:
+    """Export a checkpoint (default: the workspace's student), check parity, write it and its sidecar.
+
+    The file is written atomically and only when every parity batch is within ``cfg.tolerance``;
+    it then becomes the workspace's current export.
+    """
+    if cfg.format not in FORMATS:
+        raise FerError(f"unknown export format {cfg.format!r}; use one of {', '.join(FORMATS)}")
+    art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(workspace, ckpt)
+    model, meta_ckpt = model_from_checkpoint(art.path)
+    size = int(meta_ckpt["input_size"])
+    out = Path(cfg.out) if cfg.out is not None else workspace.default_path("export").with_suffix(SUFFIX[cfg.format])
+    if cfg.format == "torchscript" and out.suffix.lower() in (".pt", ".pth"):
+        raise FerError(f"{out}: .pt/.pth names are reserved for checkpoints; name the TorchScript file *.torchscript")
+    meta = export_meta(meta_ckpt, cfg.format)
+
+    if cfg.format == "onnx":
+        onnx, _ = _require_onnx()
+        proto = onnx.load_from_string(onnx_bytes(model, size, cfg.opset))
+        props = {"fercli": json.dumps(meta), "classes": json.dumps(meta["classes"]), "input_size": str(size),
+                 "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"])}
+        for key, value in props.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"fercli {meta['arch']} expression classifier: {', '.join(meta['classes'])}"
+        data = proto.SerializeToString()
+        session = ort_session(data)
+        parity = _parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, size, cfg.parity_batches, cfg.seed)
+    else:
+        scripted = torchscript_module(model, size)
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ marks TorchScript deprecated; it still works
+            torch.jit.save(scripted, buf, _extra_files={"fercli.json": json.dumps(meta)})
+            data = buf.getvalue()
+            reloaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # check what will be on disk
+        parity = _parity(lambda x: reloaded(x).numpy(), model, size, cfg.parity_batches, cfg.seed)
+
+    worst = max(parity.values())
+    if not np.isfinite(worst) or worst > cfg.tolerance:
+        raise FerError(f"{art.path}: {cfg.format} export differs from eager PyTorch by {worst:.3g} "
+                       f"(max abs logit difference, tolerance {cfg.tolerance:g}); nothing was written")
+    inputs = {"student": workspace.input_ref(art)}
+    summary = {"format": cfg.format, "arch": meta["arch"], "max_abs_diff": worst}
+    sidecar_meta = {**meta, "parity": {"batches": list(parity), "max_abs_diff": worst, "tolerance": cfg.tolerance},
+                    "provenance": make_provenance("export", inputs=inputs, summary=summary, command=command)}
+    atomic_write_bytes(out, data)
+    sidecar = out.with_name(out.name + ".json")
+    atomic_write_json(sidecar, sidecar_meta)
+    workspace.record("export", out)
+    return ExportResult(out, sidecar, cfg.format, worst, parity, sidecar_meta), art
+
+
+def read_export_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata stored *inside* an exported file (no sidecar needed)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        onnx, _ = _require_onnx()
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        if "fercli" not in props:
+            raise FerError(f"{path}: ONNX file without fercli metadata; export it with `fer export`")
+        return json.loads(props["fercli"])
+    extra = {"fercli.json": ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except RuntimeError as exc:
+        raise FerError(f"{path}: not a TorchScript archive ({str(exc).splitlines()[0]})") from exc
+    if not extra["fercli.json"]:
+        raise FerError(f"{path}: TorchScript file without fercli metadata; export it with `fer export`")
+    return json.loads(extra["fercli.json"])
