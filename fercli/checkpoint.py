@@ -10,7 +10,6 @@ with ``torch.load(weights_only=True)``; a file that needs pickled code to load i
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from torch import nn
 
 from fercli import __version__
 from fercli.errors import FerError
-from fercli.fileio import atomic_path
+from fercli.fileio import atomic_path, safe_torch_load
 from fercli.models import get_spec
 from fercli.schema import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, SCHEMA_VERSION, make_provenance
 from fercli.transforms import IMAGENET_MEAN, IMAGENET_STD, check_input_size
@@ -77,29 +76,10 @@ def save_checkpoint(path: str | os.PathLike[str], ckpt: dict[str, Any]) -> Path:
     return path
 
 
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors for refused and unreadable files."""
-    if not path.is_file():
-        raise FerError(f"{path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch's weights-only unpickler names the global it refused; anything else is damage.
-        if "GLOBAL" not in str(exc) and "global" not in str(exc):
-            raise FerError(f"{path}: not a readable PyTorch checkpoint (damaged or not a torch.save file)") from exc
-        raise FerError(
-            f"{path}: refused to load: the file contains pickled code or objects, not plain tensors and "
-            "containers; only load it if you trust it, and re-save it as a state dict"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise FerError(f"{path}: not a readable PyTorch checkpoint ({first})") from exc
-
-
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate a fercli checkpoint (weights included), with a clear error for anything else."""
     path = Path(path)
-    ckpt = _torch_load(path)
+    ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise FerError(f"{path}: not a fercli checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
                        "make one with fercli, or pass it to --init to load its weights by name")
@@ -159,7 +139,7 @@ def model_from_checkpoint(path_or_ckpt: str | os.PathLike[str] | dict[str, Any])
 def load_state_source(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The weights in ``path``: a fercli checkpoint's state dict, or a plain state dict (e.g. torchvision's)."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         obj = obj.get("state_dict")
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -75,3 +75,31 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def safe_torch_load(src: Any, path: str | os.PathLike[str] | None = None) -> Any:
+    """``torch.load(src, weights_only=True)`` on CPU, with one-line errors naming ``path``.
+
+    A file that needs pickled code (classes, functions) is refused: loading it would run that code.
+    A damaged or foreign file is reported as unreadable. ``src`` may be a path or a file object.
+    """
+    import pickle
+
+    import torch
+
+    name = path if path is not None else src
+    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+        raise FerError(f"{name}: no such file")
+    try:
+        return torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler names the global it refused; anything else is damage.
+        if "global" not in str(exc).lower():
+            raise FerError(f"{name}: not a readable PyTorch file (damaged, truncated or not made by torch.save)") from exc
+        raise FerError(
+            f"{name}: refused to load: the file contains pickled code or objects, not plain tensors and "
+            "containers; only load it if you trust it, and re-save it as a state dict"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise FerError(f"{name}: not a readable PyTorch file ({first})") from exc

@@ -351,19 +351,9 @@ def read_artifact_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix == ".parquet":
         return read_parquet_meta(path)
     if suffix in (".pt", ".pth"):
-        import pickle
+        from fercli.fileio import safe_torch_load
 
-        import torch
-
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise FerError(
-                f"{path}: refused to load: the file contains pickled code or objects, not plain tensors "
-                "and containers; re-save it as a state dict"
-            ) from exc
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise FerError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+        ckpt = safe_torch_load(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise FerError(f"{path}: not a fercli checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
         return checkpoint_meta(ckpt)

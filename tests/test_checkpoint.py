@@ -92,7 +92,7 @@ def test_missing_keys_and_unreadable_files(tmp_path):
     with pytest.raises(FerError, match="missing mean"):
         load_checkpoint(tmp_path / "old.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00garbage")
-    with pytest.raises(FerError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(FerError, match="not a readable PyTorch file"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save(create_model("shufflenet_v2", 7).state_dict(), tmp_path / "plain.pt")
     with pytest.raises(FerError, match="not a fercli checkpoint"):

@@ -16,7 +16,6 @@ from _fab import make_pattern_folder
 
 from fercli.checkpoint import load_checkpoint, model_from_checkpoint
 from fercli.classes import CLASSES_7
-from fercli.cli import app
 from fercli.errors import FerError
 from fercli.importers import ImportConfig, run_import
 from fercli.labels import GenLabelsConfig, generate_labels
