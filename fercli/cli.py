@@ -13,6 +13,7 @@ from fercli.commands import align as align_cmd
 from fercli.commands import bench as bench_cmd
 from fercli.commands import data as data_cmd
 from fercli.commands import gen_labels as gen_labels_cmd
+from fercli.commands import eval as eval_cmd
 from fercli.commands import export as export_cmd
 from fercli.commands import status as status_cmd
 from fercli.commands import train as train_cmd
@@ -71,6 +72,7 @@ app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
 app.command("pretrain-teacher", epilog=train_cmd.TEACHER_EXAMPLE)(train_cmd.pretrain_teacher)
 app.command("gen-labels", epilog=gen_labels_cmd.EXAMPLE)(gen_labels_cmd.gen_labels)
 app.command("train", epilog=train_cmd.TRAIN_EXAMPLE)(train_cmd.train)
+app.command("eval", epilog=eval_cmd.EXAMPLE)(eval_cmd.eval_)
 app.command("align", epilog=align_cmd.EXAMPLE)(align_cmd.align)
 app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
 app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)

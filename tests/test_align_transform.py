@@ -129,3 +129,22 @@ def test_resize_face_keeps_channels() -> None:
 def test_bad_geometry_is_a_fer_error(size, margin) -> None:
     with pytest.raises(FerError):
         check_geometry(size, margin)
+
+
+def test_select_faces_modes_and_min_size() -> None:
+    from fercli.align.core import select_faces
+    from fercli.align.detectors import Face
+
+    def face(x1, y1, x2, y2, score):
+        return Face(np.array([x1, y1, x2, y2], float), score, np.zeros((5, 2)))
+
+    faces = [face(0, 0, 20, 20, 0.99), face(0, 0, 60, 50, 0.95), face(0, 0, 40, 40, 0.9)]  # best first
+    assert select_faces(faces, 1.0, "best") == [0]
+    assert select_faces(faces, 1.0, "largest") == [1]
+    assert select_faces(faces, 1.0, "all") == [0, 1, 2]
+    assert select_faces(faces, 1.0, "all", min_face_size=30) == [1, 2]
+    # the detector saw a half-size image: 20 px there are 40 px in the original
+    assert select_faces(faces, 0.5, "all", min_face_size=40) == [0, 1, 2]
+    assert select_faces(faces, 1.0, "largest", min_face_size=100) == []
+    with pytest.raises(FerError):
+        select_faces(faces, 1.0, "several")

@@ -1,0 +1,21 @@
+"""Face detection and five-point alignment (``fer align``; reused as-is by later stages such as ``fer predict``).
+
+Library use::
+
+    from fercli.align import load_detector, align_face, load_image
+    det = load_detector("retinaface-mobilenet", weights="mobilenet0.25_Final.pth", device="cpu")
+    img = load_image("photo.jpg").image
+    faces = det.detect_faces([img], min_score=0.8)[0]          # best first
+    crop = align_face(img, faces[0].landmarks, size=224)        # ArcFace template, 224x224
+"""
+
+from fercli.align.core import AlignConfig, AlignResult, Source, load_source, run_align, select_faces
+from fercli.align.detectors import DETECTORS, Face, RetinaFaceDetector, load_detector, resolve_device
+from fercli.align.imageio import ImageProblem, LoadedImage, load_image, write_image
+from fercli.align.transform import ARCFACE_112, LANDMARK_WEIGHTS, align_face, alignment_matrix, box_crop, resize_face, template
+
+__all__ = [
+    "ARCFACE_112", "DETECTORS", "LANDMARK_WEIGHTS", "AlignConfig", "AlignResult", "Face", "ImageProblem",
+    "LoadedImage", "RetinaFaceDetector", "Source", "align_face", "alignment_matrix", "box_crop", "load_detector",
+    "load_image", "load_source", "resize_face", "resolve_device", "run_align", "select_faces", "template", "write_image",
+]

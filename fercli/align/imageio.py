@@ -1,0 +1,179 @@
+"""Robust image loading and crop writing for alignment.
+
+:func:`load_image` never lets one bad file stop a run: it raises :class:`ImageProblem` with a
+status (``unreadable``, ``too_large``, ``missing``) and a one-line reason, and returns notes about
+conversions it made (EXIF rotation applied, CMYK or 16-bit converted, very large photo reduced).
+Grey images stay single-channel; everything else becomes 8-bit BGR.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.errors import FerError
+from fercli.fileio import atomic_path
+
+# Above this many pixels a photo is decoded reduced (JPEG) or resized (others) to about this many;
+# landmarks and crops then refer to the EXIF-rotated original's coordinates regardless.
+WORK_MAX_PIXELS = 16_000_000
+# Refuse outright (decompression bombs); 8000x6000 = 48 MP is processed.
+MAX_PIXELS = 250_000_000
+_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # applies EXIF orientation, drops alpha
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCED_GREY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_ROTATING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+JPEG_QUALITY = 95
+
+
+class ImageProblem(Exception):
+    """An image that cannot be used: ``status`` for the manifest and a one-line ``reason``."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class LoadedImage:
+    """A decoded photo. ``scale`` maps original (EXIF-rotated) pixels to ``image`` pixels."""
+
+    image: np.ndarray  # HxW (grey) or HxWx3 (BGR), uint8
+    scale: float = 1.0
+    original_size: tuple[int, int] = (0, 0)  # (width, height) after EXIF rotation
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def grey(self) -> bool:
+        return self.image.ndim == 2
+
+
+def _header(data: bytes, name: str):
+    """(format, (w, h), mode, exif orientation) from the file header, via PIL (no full decode)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            fmt, size, mode = im.format, im.size, im.mode
+            try:
+                orientation = int(im.getexif().get(0x0112, 1) or 1)
+            except Exception:  # a damaged EXIF block is not a damaged image
+                orientation = 1
+    except UnidentifiedImageError:
+        raise ImageProblem("unreadable", "not an image (unrecognised file format)") from None
+    except Image.DecompressionBombError as exc:  # pragma: no cover - MAX_IMAGE_PIXELS is lifted below
+        raise ImageProblem("too_large", str(exc)) from None
+    except Exception as exc:
+        raise ImageProblem("unreadable", f"unreadable image header ({type(exc).__name__}: {exc})") from None
+    return fmt, size, mode, orientation
+
+
+def _truncated(data: bytes, fmt: str | None) -> bool:
+    """Cheap end-marker check; ambiguous cases are settled by a full PIL decode."""
+    tail = data.rstrip(b"\x00\r\n ")
+    if fmt == "JPEG" and tail.endswith(b"\xff\xd9"):
+        return False
+    if fmt == "PNG" and b"IEND" in data[-16:]:
+        return False
+    if fmt not in ("JPEG", "PNG"):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception:
+        return True
+    return False
+
+
+def _to_uint8(img: np.ndarray, notes: list[str]) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        notes.append("16-bit image scaled to 8-bit")
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        notes.append(f"{img.dtype} image scaled to 8-bit")
+        hi = float(np.nanmax(img)) if img.size else 1.0
+        img = img * (255.0 if hi <= 1.0 else 1.0)
+        return np.clip(np.nan_to_num(img), 0, 255).astype(np.uint8)
+    notes.append(f"{img.dtype} image clipped to 8-bit")
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | os.PathLike[str], work_max_pixels: int = WORK_MAX_PIXELS) -> LoadedImage:
+    """Decode ``path`` for detection and alignment, or raise :class:`ImageProblem`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageProblem("missing", "file not found") from None
+    except IsADirectoryError:
+        raise ImageProblem("unreadable", "is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageProblem("unreadable", f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageProblem("unreadable", "empty file (0 bytes)")
+    fmt, (w0, h0), mode, orientation = _header(data, path.name)
+    if w0 * h0 > MAX_PIXELS:
+        raise ImageProblem("too_large", f"{w0}x{h0} pixels is more than the {MAX_PIXELS // 1_000_000} MP limit")
+    notes: list[str] = []
+    if orientation in range(2, 9):
+        notes.append(f"EXIF orientation {orientation} applied")
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    elif mode in ("P", "PA"):
+        notes.append("palette image converted to RGB")
+    grey_src = mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I")
+    buf = np.frombuffer(data, np.uint8)
+    reduce = 1
+    if fmt == "JPEG" and w0 * h0 > work_max_pixels:
+        while reduce < 8 and w0 * h0 / (reduce * 2) ** 2 >= work_max_pixels / 4 and w0 * h0 / reduce**2 > work_max_pixels:
+            reduce *= 2
+    if reduce > 1:
+        img = cv2.imdecode(buf, (_REDUCED_GREY if grey_src else _REDUCED)[reduce])
+    else:
+        img = cv2.imdecode(buf, _FLAGS)
+    if img is None or img.size == 0:
+        if _truncated(data, fmt):
+            raise ImageProblem("unreadable", f"truncated {fmt or 'image'} file ({len(data)} bytes)")
+        raise ImageProblem("unreadable", f"cannot decode {fmt or 'image'} data")
+    if _truncated(data, fmt):
+        raise ImageProblem("unreadable", f"truncated {fmt or 'image'} file ({len(data)} bytes)")
+    img = _to_uint8(img, notes)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    ow, oh = (h0, w0) if orientation in _ROTATING else (w0, h0)
+    h, w = img.shape[:2]
+    if h * w > work_max_pixels:
+        f = (work_max_pixels / (h * w)) ** 0.5
+        img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        h, w = img.shape[:2]
+    scale = w / ow if ow else 1.0
+    if scale < 1.0:
+        notes.append(f"{ow}x{oh} photo reduced to {w}x{h} for alignment")
+    return LoadedImage(np.ascontiguousarray(img), scale, (ow, oh), notes)
+
+
+def write_image(dest: str | os.PathLike[str], image: np.ndarray) -> None:
+    """Write a crop atomically; the format follows ``dest``'s extension (JPEG at quality 95)."""
+    dest = Path(dest)
+    params: list[int] = []
+    if dest.suffix.lower() in (".jpg", ".jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    with atomic_path(dest) as tmp:
+        ok = cv2.imwrite(str(tmp), image, params)
+        if not ok:
+            raise FerError(f"{dest}: could not write the aligned crop (disk full or folder not writable?)")
