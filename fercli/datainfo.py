@@ -33,11 +33,15 @@ def manifest_info(m: Manifest, check_files: bool = True, track: Track = no_track
         }
     missing = None
     missing_examples: list[str] = []
+    # After `fer align`, rows whose status is not "ok" record images that gave no crop: no file by design.
+    has_status = "status" in df.columns
+    with_file = df[df["status"] == "ok"] if has_status else df
     if check_files:
         index = DirIndex(m.root)
-        absent = np.array([not index.exists(p) for p in track(df[COL_PATH], "checking image files", len(df))], dtype=bool)
+        paths = with_file[COL_PATH]
+        absent = np.array([not index.exists(p) for p in track(paths, "checking image files", len(paths))], dtype=bool)
         missing = int(absent.sum())
-        missing_examples = [str(p) for p in df.loc[absent, COL_PATH].head(3)]
+        missing_examples = [str(p) for p in paths[absent].head(3)]
     optional = [c for c in ("box_x", "lm0_x", "valence", "src_path", "score") if c in df.columns]
     return {
         "manifest": str(m.path) if m.path else None,
@@ -57,5 +61,6 @@ def manifest_info(m: Manifest, check_files: bool = True, track: Track = no_track
         "vote_columns": [c.removeprefix("votes_") for c in m.vote_columns],
         "optional_columns": {"box": "box_x" in optional, "landmarks": "lm0_x" in optional,
                              "valence_arousal": "valence" in optional, "alignment": "score" in optional},
+        "status": {str(k): int(v) for k, v in df["status"].value_counts().items()} if has_status else None,
         "created": (m.meta.get("provenance") or {}).get("created"),
     }

@@ -134,7 +134,7 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
     device = resolve_device(cfg.device)
     clf = Classifier.load(inputs["model"].path, device, cfg.threads)
     m = read_manifest(inputs["dataset"].path)
-    rows = m.df[(m.df[COL_SPLIT] == cfg.split) & (m.df[COL_LABEL] >= 0)]
+    rows = m.labelled([cfg.split])
     if rows.empty:
         present = sorted(set(m.df[COL_SPLIT]))
         raise FerError(f"{m.path}: no labelled images in split {cfg.split!r} (it has: {', '.join(present)}); "

@@ -90,7 +90,7 @@ def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track
     device = resolve_device(cfg.device)
     model.to(device)
 
-    rows = m.df[(m.df[COL_LABEL] >= 0) & m.df[COL_SPLIT].isin(list(cfg.splits))]
+    rows = m.labelled(cfg.splits)
     if rows.empty:
         raise FerError(f"{m.path}: no labelled images in split(s) {', '.join(cfg.splits)}")
     cache = cache_dir_for(ws.root) if cfg.cache else None

@@ -146,6 +146,16 @@ class Manifest:
     def split(self, name: str) -> pd.DataFrame:
         return self.df[self.df[COL_SPLIT] == name]
 
+    def labelled(self, splits: tuple[str, ...] | list[str] | None = None) -> pd.DataFrame:
+        """Rows that can be trained or scored on: a label, an image (``status`` ok after `fer align`),
+        and, if given, one of ``splits``."""
+        keep = self.df[COL_LABEL] >= 0
+        if "status" in self.df.columns:
+            keep &= self.df["status"] == "ok"
+        if splits is not None:
+            keep &= self.df[COL_SPLIT].isin(list(splits))
+        return self.df[keep]
+
 
 def _where(src: str, row: int | None = None) -> str:
     return f"{src} (row {row})" if row is not None else src

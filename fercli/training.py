@@ -24,7 +24,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fercli import distributed
@@ -147,10 +146,6 @@ class Prepared:
     notes: list[str] = field(default_factory=list)
 
 
-def _labelled(m: Manifest) -> pd.DataFrame:
-    return m.df[m.df[COL_LABEL] >= 0]
-
-
 def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teacher_stage: bool = False,
                  on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> Prepared:
     """Resolve the manifest (and labels), pick train/valid rows and targets, build (cached) splits.
@@ -179,7 +174,7 @@ def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teach
     if targets not in ("teacher", "votes", "none"):
         raise FerError(f"--targets must be auto, teacher, votes or none, got {targets!r}")
 
-    df = _labelled(m)
+    df = m.labelled()
     train = df[df[COL_SPLIT] == "train"]
     valid = df[df[COL_SPLIT] == "valid"]
     if train.empty:

@@ -31,11 +31,14 @@ workers = 0
 
 def test_align_teacher_labels_train_with_no_paths(runner, workspace: Path):
     make_pattern_folder(workspace / "raw", CLASSES_7, {"train": 6, "valid": 3}, size=40)
+    (workspace / "raw" / "train" / "anger" / "broken.png").write_bytes(b"")  # recorded, never trained on
     (workspace / "fer.toml").write_text(BUDGETS)
 
     res = runner.invoke(app, ["align", "raw/", "aligned/", "--detector", "none", "--size", "32"])
     assert res.exit_code == 0, res.output
     assert (workspace / "aligned" / "manifest.parquet").is_file()
+    info = json.loads(runner.invoke(app, ["data", "info", "--json"]).stdout)
+    assert info["status"] == {"ok": 63, "unreadable": 1} and info["missing_files"] == 0
 
     res = runner.invoke(app, ["pretrain-teacher"])
     assert res.exit_code == 0, res.output

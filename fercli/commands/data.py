@@ -111,6 +111,8 @@ def info(
     lines = [
         f"image root: {rep['root']}" + ("" if rep["root_exists"] else "  [red](missing)[/]"),
         "missing image files: " + ("not checked" if missing is None else f"{missing:,}" + (f" (e.g. {', '.join(rep['missing_examples'])})" if missing else "")),
+        *([f"alignment status: {', '.join(f'{k} {v:,}' for k, v in rep['status'].items())} (only ok rows are used)"]
+          if rep["status"] else []),
         "label distributions: " + (f"yes ({rep['distribution_rows']:,} rows)" if rep["distributions"] else "no"),
         "vote columns: " + (", ".join(rep["vote_columns"]) or "none"),
         "other columns: " + (", ".join(k for k, v in rep["optional_columns"].items() if v) or "none"),
