@@ -13,6 +13,7 @@ from fercli.commands import align as align_cmd
 from fercli.commands import bench as bench_cmd
 from fercli.commands import data as data_cmd
 from fercli.commands import gen_labels as gen_labels_cmd
+from fercli.commands import predict as predict_cmd
 from fercli.commands import eval as eval_cmd
 from fercli.commands import export as export_cmd
 from fercli.commands import status as status_cmd
@@ -67,16 +68,17 @@ def _main(
     ctx.obj = _ui.State(workspace=workspace, quiet=quiet)
 
 
+# In pipeline order, as `fer --help` lists them.
 app.add_typer(data_cmd.app, name="data")
-app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
+app.command("align", epilog=align_cmd.EXAMPLE)(align_cmd.align)
 app.command("pretrain-teacher", epilog=train_cmd.TEACHER_EXAMPLE)(train_cmd.pretrain_teacher)
 app.command("gen-labels", epilog=gen_labels_cmd.EXAMPLE)(gen_labels_cmd.gen_labels)
 app.command("train", epilog=train_cmd.TRAIN_EXAMPLE)(train_cmd.train)
 app.command("eval", epilog=eval_cmd.EXAMPLE)(eval_cmd.eval_)
-app.command("align", epilog=align_cmd.EXAMPLE)(align_cmd.align)
 app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
 app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)
-
+app.command("predict", epilog=predict_cmd.EXAMPLE)(predict_cmd.predict)
+app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
 
 def main() -> None:
     """Console-script entry point."""

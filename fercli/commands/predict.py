@@ -1,0 +1,92 @@
+"""`fer predict`: the expression of every face in images, folders, globs or videos."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from fercli.commands import _ui
+from fercli.config import build_config
+from fercli.predict import PredictConfig, predict as run_predict
+
+EXAMPLE = """Examples:
+
+  fer predict img.jpg                                    # the workspace's student
+
+  fer predict photos/ 'more/*.png' --model student/best.pt --detector retinaface-mobilenet --detector-weights mobilenet0.25_Final.pth --json
+
+  fer predict clip.mp4 --every 15 --annotate annotated/ --csv
+
+  fer predict aligned/train/happiness/*.png --no-detect --model export/model.onnx
+"""
+
+
+def predict(
+    ctx: typer.Context,
+    inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or video files."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student]."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="retinaface-resnet50 or retinaface-mobilenet (as fer align)."),
+    detector_weights: Optional[Path] = typer.Option(None, "--detector-weights", help="Detector weights file."),
+    faces: Optional[str] = typer.Option(None, "--faces", help="all (default), largest or best."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Minimum detection score (0.8)."),
+    min_face_size: Optional[float] = typer.Option(None, "--min-face-size", help="Minimum face size in pixels."),
+    size: Optional[int] = typer.Option(None, "--size", help="Alignment size, as fer align --size (224)."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="Alignment margin, as fer align --margin."),
+    detect_size: Optional[int] = typer.Option(None, "--detect-size", help="Longest side of the detector input."),
+    no_detect: Optional[bool] = typer.Option(None, "--no-detect", help="Treat each image as an aligned face."),
+    every: Optional[int] = typer.Option(None, "--every", help="Videos: classify every N-th frame (30)."),
+    tta: Optional[str] = typer.Option(None, "--tta", help="none or flip."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector pass."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes and labels into this folder."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[predict] table."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON object per input picture."),
+    csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face."),
+) -> None:
+    """Detect, align and classify every face; exit code 1 if any input could not be used."""
+    ws = _ui.state(ctx).workspace
+    cfg = build_config(PredictConfig, "predict", dict(
+        inputs=tuple(inputs), model=model, detector=detector, detector_weights=detector_weights, faces=faces,
+        min_score=min_score, min_face_size=min_face_size, size=size, margin=margin, detect_size=detect_size,
+        no_detect=no_detect, every=every, tta=tta, batch_size=batch_size, device=device, threads=threads,
+        annotate=annotate), ws, config)
+    res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
+    classes = list(res.classifier.classes)
+    if json_out:
+        _ui.print_json([r.to_dict() for r in res.images])
+    elif csv_out:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["input", "frame", "status", "face", "x1", "y1", "x2", "y2", "score", "label", *classes])
+        for r in res.images:
+            if not r.faces:
+                w.writerow([r.input, r.frame, r.status, "", "", "", "", "", "", "", *[""] * len(classes)])
+            for f in r.faces:
+                w.writerow([r.input, r.frame, r.status, f.index, *(f.box or [""] * 4), f.score, f.label,
+                            *[f"{f.probs[c]:.6f}" for c in classes]])
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table(title=f"{res.classifier.arch} ({res.classifier.kind}): {sum(len(r.faces) for r in res.images)} "
+                            f"face(s) in {len(res.images)} picture(s)")
+        for col in ("input", "face", "box", "label", "p"):
+            table.add_column(col)
+        for r in res.images:
+            where = r.input + (f" @{r.frame}" if r.frame is not None else "")
+            if not r.faces:
+                table.add_row(where, "-", "-", f"[red]{r.status}[/]", r.reason or "")
+            for f in r.faces:
+                box = "-" if f.box is None else ",".join(f"{v:.0f}" for v in f.box)
+                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}")
+        _ui.out.print(table)
+        for p in res.annotated:
+            _ui.say(ctx, f"annotated: {p}")
+    if res.failed:
+        _ui.say(ctx, f"[yellow]{res.failed} of {len(res.images)} input(s) gave no prediction[/]")
+        raise typer.Exit(1)

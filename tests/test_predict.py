@@ -1,0 +1,114 @@
+"""`fer predict`: real photos, the same answer as align + eval, bad inputs, videos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from _fab import make_pattern_folder
+
+from fercli.align import AlignConfig, run_align
+from fercli.classes import CLASSES_7
+from fercli.cli import app
+from fercli.evaluation import EvalConfig, evaluate
+from fercli.importers import ImportConfig, run_import
+from fercli.predict import PredictConfig, predict
+from fercli.training import TrainConfig, fit
+from fercli.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """A small checkpoint trained in the tests (48x48 inputs)."""
+    root = tmp_path_factory.mktemp("predict_model")
+    make_pattern_folder(root / "raw", CLASSES_7, {"train": 6, "valid": 2}, size=48)
+    ws = Workspace(root / "ws")
+    run_import(ImportConfig(format="folder", src=root / "raw"), ws)
+    return fit(TrainConfig(arch="lfer", input_size=48, epochs=1, batch_size=16, workers=0, targets="none"), ws).best
+
+
+@pytest.fixture(scope="module")
+def weights(shared_dir: Path) -> Path:
+    path = shared_dir / "weights" / "retinaface" / "mobilenet0.25_Final.pth"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.mark.shared
+def test_group_photo_json_and_annotation(runner, workspace: Path, model: Path, weights: Path, shared_dir: Path):
+    photo = shared_dir / "faces" / "group_children.jpg"
+    res = runner.invoke(app, ["predict", str(photo), "--model", str(model), "--detector", "retinaface-mobilenet",
+                              "--detector-weights", str(weights), "--json", "--annotate", "annotated"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out) == 1 and out[0]["status"] == "ok" and (out[0]["width"], out[0]["height"]) == (1024, 768)
+    faces = out[0]["faces"]
+    assert len(faces) >= 8
+    for f in faces:
+        assert sum(f["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert f["label"] == max(f["probs"], key=f["probs"].get) and len(f["box"]) == 4 and f["score"] > 0.8
+    drawn = cv2.imread(str(workspace / "annotated" / "group_children_annotated.jpg"))
+    assert drawn is not None and drawn.shape[:2] == cv2.imread(str(photo)).shape[:2]
+
+
+@pytest.mark.shared
+def test_predict_equals_align_then_eval(tmp_path: Path, model: Path, weights: Path, shared_dir: Path):
+    raw = tmp_path / "raw" / "test" / "happiness"
+    raw.mkdir(parents=True)
+    shutil.copy(shared_dir / "faces" / "astronaut.png", raw / "astronaut.png")  # PNG: the crop round-trips exactly
+    ws = Workspace(tmp_path / "ws")
+    run_align(AlignConfig(detector="retinaface-mobilenet", detector_weights=weights, device="cpu"),
+              tmp_path / "raw", tmp_path / "ws" / "aligned", ws)
+    rep = evaluate(EvalConfig(model=model, split="test", workers=0, device="cpu"), ws)
+    via_eval = pd.read_csv(rep.out_dir / "predictions.csv").iloc[0]
+    res = predict(PredictConfig(inputs=(str(raw / "astronaut.png"),), model=model, detector="retinaface-mobilenet",
+                                detector_weights=weights, faces="largest", device="cpu"), ws)
+    face = res.images[0].faces[0]
+    assert face.label == via_eval["pred"]
+    assert max(abs(face.probs[c] - via_eval[f"p_{c}"]) for c in CLASSES_7) < 1e-5
+
+
+@pytest.mark.shared
+def test_bad_inputs_do_not_stop_the_others(runner, workspace: Path, model: Path, weights: Path, shared_dir: Path):
+    (workspace / "empty_dir").mkdir()
+    (workspace / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (workspace / "clip.mp4").write_bytes(b"not a video")
+    args = ["predict", str(shared_dir / "faces" / "astronaut.png"), str(shared_dir / "faces" / "no_face_road.jpg"),
+            "missing.jpg", "empty_dir", "broken.jpg", "clip.mp4", "--model", str(model),
+            "--detector", "retinaface-mobilenet", "--detector-weights", str(weights), "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    status = {Path(r["input"]).name: r["status"] for r in json.loads(res.stdout)}
+    assert status == {"astronaut.png": "ok", "no_face_road.jpg": "no_face", "missing.jpg": "missing",
+                      "empty_dir": "unreadable", "broken.jpg": "unreadable", "clip.mp4": "unreadable"}
+    # a RetinaFace weights file is not a classifier
+    res = runner.invoke(app, ["predict", str(shared_dir / "faces" / "astronaut.png"), "--model", str(weights)])
+    assert res.exit_code == 1 and "not a fercli checkpoint" in res.stderr
+
+
+def test_video_and_no_detect_csv(runner, workspace: Path, model: Path):
+    frames = [np.full((48, 48, 3), v, np.uint8) for v in (30, 90, 150, 210, 250)]
+    writer = cv2.VideoWriter(str(workspace / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (48, 48))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    cv2.imwrite(str(workspace / "face.png"), frames[0])
+    res = runner.invoke(app, ["predict", "clip.avi", "*.png", "--model", str(model), "--no-detect", "--every", "2", "--csv"])
+    assert res.exit_code == 0, res.output
+    rows = list(pd.read_csv(pd.io.common.StringIO(res.stdout)).itertuples())
+    assert [(Path(r.input).name, r.frame if r.frame == r.frame else None) for r in rows] == [
+        ("clip.avi", 0), ("clip.avi", 2), ("clip.avi", 4), ("face.png", None)]
+    probs = pd.read_csv(pd.io.common.StringIO(res.stdout))[list(CLASSES_7)].to_numpy()
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_no_model_outside_a_workspace(runner, workspace: Path):
+    cv2.imwrite(str(workspace / "face.png"), np.zeros((48, 48, 3), np.uint8))
+    res = runner.invoke(app, ["predict", "face.png", "--no-detect"])
+    assert res.exit_code == 1 and "no model: pass --model" in res.stderr
