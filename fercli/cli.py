@@ -12,10 +12,10 @@ from fercli.commands import _ui
 from fercli.commands import align as align_cmd
 from fercli.commands import bench as bench_cmd
 from fercli.commands import data as data_cmd
-from fercli.commands import gen_labels as gen_labels_cmd
-from fercli.commands import predict as predict_cmd
 from fercli.commands import eval as eval_cmd
 from fercli.commands import export as export_cmd
+from fercli.commands import gen_labels as gen_labels_cmd
+from fercli.commands import predict as predict_cmd
 from fercli.commands import status as status_cmd
 from fercli.commands import train as train_cmd
 from fercli.errors import FerError

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 
 from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
+from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, atomic_write_json, atomic_write_text
 from fercli.inference import Classifier, class_mapping
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, make_provenance, now_iso, read_manifest
-from fercli.training import resolve_device
 from fercli.workspace import Artifact, Workspace
 
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 
 from fercli.checkpoint import model_from_checkpoint
 from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
+from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, dist_columns, make_provenance, read_manifest, write_labels
-from fercli.training import resolve_device
 from fercli.transforms import preset_from_meta
 from fercli.workspace import Artifact, Workspace
 

@@ -24,6 +24,7 @@ from fercli.align.core import select_faces
 from fercli.align.imageio import ImageProblem, LoadedImage
 from fercli.align.transform import align_face, check_geometry
 from fercli.data import normalize
+from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
 from fercli.importers._common import is_image
@@ -165,7 +166,7 @@ def annotate(image: np.ndarray, faces: list[FaceResult], dest: Path) -> None:
         x1, y1, x2, y2 = (int(round(v)) for v in f.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), thick)
         text = f"{f.label} {f.probs[f.label]:.2f}"
-        scale = 0.4 * thick
+        scale = 0.3 * thick
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         y = max(y1, th + base + 2)
         cv2.rectangle(canvas, (x1, y - th - base - 2), (x1 + tw + 2, y), (0, 200, 0), -1)
@@ -196,8 +197,6 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
         raise
     if on_model is not None:
         on_model(model_art)
-    from fercli.align.detectors import resolve_device
-
     device = resolve_device(cfg.device)
     clf = Classifier.load(model_art.path, device, cfg.threads)
     detector = None if cfg.no_detect else load_detector(cfg.detector, cfg.detector_weights, device, cfg.detect_size)

@@ -18,9 +18,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -29,7 +29,18 @@ import torch
 from fercli import distributed
 from fercli.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from fercli.config import config_dict
-from fercli.data import Split, augment, batches, cache_dir_for, epoch_order, load_batches, make_split, normalize, stratified_holdout
+from fercli.data import (
+    Split,
+    augment,
+    batches,
+    cache_dir_for,
+    epoch_order,
+    load_batches,
+    make_split,
+    normalize,
+    stratified_holdout,
+)
+from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, atomic_write_text
 from fercli.losses import LFERLoss, LossConfig
@@ -100,18 +111,6 @@ class TeacherConfig(TrainConfig):
     arch: str = "resnet50"
     loss: str = "ce"
     targets: str = "none"
-
-
-def resolve_device(pref: str) -> torch.device:
-    if pref == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(pref)
-    except RuntimeError:
-        raise FerError(f"--device {pref!r} is not a device (cpu, cuda, cuda:1, auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FerError(f"--device {pref}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 class TrainProgress(Protocol):

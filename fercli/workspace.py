@@ -17,10 +17,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from fercli.classes import check_same_classes
 from fercli.errors import FerError

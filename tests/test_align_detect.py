@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from align_helpers import WEIGHTS_REL, write_bad_inputs, write_huge
+
 from fercli.align import AlignConfig, align_face, alignment_matrix, load_detector, run_align, template
 from fercli.align import detectors as det_mod
 from fercli.align.transform import transform_points
@@ -119,7 +119,7 @@ def test_wrong_weights_are_one_clear_error(weights: Path, tmp_path: Path) -> Non
     with pytest.raises(FerError, match="not retinaface-resnet50 weights"):
         load_detector("retinaface-resnet50", weights)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(FerError, match="junk.pth: not a readable PyTorch weights file"):
+    with pytest.raises(FerError, match="junk.pth: not a readable PyTorch file"):
         load_detector("retinaface-mobilenet", tmp_path / "junk.pth")
     with pytest.raises(FerError, match="nope.pth: detector weights not found"):
         load_detector("retinaface-mobilenet", tmp_path / "nope.pth")

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from align_helpers import write_bad_inputs, write_huge
+
 from fercli.align.imageio import ImageProblem, load_image, write_image
 
 

@@ -1,7 +1,16 @@
 import pytest
 
-from fercli.classes import (AFFECTNET_CODES, CLASSES_7, CLASSES_8, FER2013_CODES, RAFDB_CODES, canonical_name,
-                            check_same_classes, code_map, vocabulary)
+from fercli.classes import (
+    AFFECTNET_CODES,
+    CLASSES_7,
+    CLASSES_8,
+    FER2013_CODES,
+    RAFDB_CODES,
+    canonical_name,
+    check_same_classes,
+    code_map,
+    vocabulary,
+)
 from fercli.errors import FerError
 
 

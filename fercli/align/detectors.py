@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from fercli.align import mobilenet
+from fercli.device import resolve_device
 from fercli.errors import FerError
-from fercli.fileio import atomic_path
+from fercli.fileio import atomic_path, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +147,6 @@ def resolve_weights(spec: DetectorSpec, explicit: str | os.PathLike[str] | None 
     return path
 
 
-def _torch_load(src: Any, path: Path) -> Any:
-    import pickle
-
-    try:
-        return torch.load(src, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Unsupported global" in text or "can still be loaded" in text:
-            raise FerError(f"{path}: refused to load: the file holds pickled code or objects, not plain tensors; re-save it as a state dict") from None
-        raise FerError(f"{path}: not a readable PyTorch weights file (corrupt, truncated or another format)") from None
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth`` file or a zip holding one; ``module.`` prefixes removed."""
     archive = None
@@ -169,13 +158,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 if len(members) != 1:
                     raise FerError(f"{path}: zip file should hold exactly one .pth file, found {members or 'none'}")
                 archive = io.BytesIO(zf.read(members[0]))
-    try:
-        obj = _torch_load(archive if archive is not None else path, path)
-    except FerError:
-        raise
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise FerError(f"{path}: not a readable PyTorch weights file ({first})") from None
+    obj = safe_torch_load(archive if archive is not None else path, path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -390,25 +373,6 @@ def optimise_for_inference(net: torch.nn.Module, device: torch.device) -> torch.
     if device.type == "cpu":
         fused = fused.to(memory_format=torch.channels_last)
     return fused
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` (or None) picks CUDA when available, else CPU; an unavailable device is an error."""
-    name = (device or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise FerError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FerError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FerError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise FerError(f"--device {device}: MPS is not available on this machine; use --device cpu")
-    return dev
 
 
 def load_detector(

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.predict import PredictConfig, predict as run_predict
+from fercli.predict import PredictConfig
+from fercli.predict import predict as run_predict
 
 EXAMPLE = """Examples:
 
