@@ -42,6 +42,18 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return ws
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one intra-op thread for a module of many tiny forward passes: when other processes
+    share the cores, OpenMP barrier stalls (a descheduled worker holds up every op) dominate."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

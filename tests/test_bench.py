@@ -13,13 +13,7 @@ from fercli.classes import CLASSES_8
 from fercli.cli import app
 from fercli.models import create_model, model_args
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_models.py
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = ["--size", "32", "--batch", "1", "--reps", "2", "--min-reps", "1", "--warmup", "1", "--threads", "1"]

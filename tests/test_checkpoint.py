@@ -11,13 +11,7 @@ from fercli.errors import FerError
 from fercli.models import create_model, model_args
 from fercli.schema import CHECKPOINT_KEYS, read_artifact_meta
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_models.py
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(path, overrides=None):

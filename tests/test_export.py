@@ -17,13 +17,7 @@ from fercli.export import ExportConfig, ort_session, read_export_meta, run_expor
 from fercli.models import create_model, model_args
 from fercli.workspace import Workspace
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_models.py
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

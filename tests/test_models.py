@@ -15,15 +15,7 @@ from fercli.errors import FerError
 from fercli.models import PDWRes, build_model, create_model, imagenet_weights_file, list_models, model_args
 from fercli.transforms import check_input_size, get_preset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Other processes share this machine's cores; one intra-op thread avoids OpenMP barrier stalls
-    # (a descheduled worker holds up every op) and keeps the suite's time predictable.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", list_models())
