@@ -151,3 +151,23 @@ def test_torchrun_two_processes(ws: Workspace, tmp_path: Path):
     assert ckpt["arch"] == "shufflenet_v2" and len(ckpt["metrics"]["best"]) > 0
     summary = json.loads(proc.stdout)  # only rank 0 reports
     assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
+
+
+@pytest.mark.shared
+def test_ferplus_teacher_labels_student_end_to_end(ferplus_dir: Path, tmp_path: Path):
+    """pretrain-teacher -> gen-labels -> train -> checkpoint on a few hundred real FERPlus images."""
+    ws = Workspace(tmp_path)
+    full = read_manifest(run_import(ImportConfig(format="ferplus", src=ferplus_dir, out=tmp_path / "all.parquet"), ws).out)
+    df = full.df[full.df["label"] >= 0]
+    sub = pd.concat([df[df.split == "train"].sample(300, random_state=2), df[df.split == "valid"].sample(100, random_state=2)])
+    write_manifest(sub, full.classes, full.root, tmp_path / "sub.parquet")
+    ws.record("dataset", tmp_path / "sub.parquet")
+    small = dict(input_size=48, epochs=1, batch_size=32, workers=0, threads=2)
+    teacher = fit(TeacherConfig(arch="resnet18", **small), ws, kind="teacher")
+    labels = generate_labels(GenLabelsConfig(workers=0), ws)
+    assert labels.summary["rows"] == 300 and "kl_votes" in labels.summary  # FERPlus votes vs the teacher
+    student = fit(TrainConfig(arch="lfer", beta=0.2, **small), ws)
+    ckpt = load_checkpoint(student.best)
+    assert student.targets == "teacher" and ckpt["classes"] == list(full.classes)
+    assert ckpt["provenance"]["inputs"]["labels"]["sha256"] == ws.sha256(labels.out)
+    assert load_checkpoint(teacher.best)["arch"] == "resnet18"
