@@ -8,6 +8,7 @@ whichever backend, produced them.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,9 @@ class Classifier:
             if path.suffix.lower() == ".onnx":
                 session = ort_session(path, threads=threads, device=device.type)
                 return cls(path, "onnx", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _session=session)
-            model = torch.jit.load(str(path), map_location=device).eval()
+            with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location=device).eval()
             return cls(path, "torchscript", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _model=model)
         from fercli.checkpoint import model_from_checkpoint
 

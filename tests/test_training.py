@@ -47,7 +47,7 @@ def test_teacher_labels_student_sequence(ws: Workspace):
     res = generate_labels(GenLabelsConfig(workers=0, flip=True), ws)
     df, meta = read_labels(res.out)
     assert len(df) == 7 * 12 and set(df["split"]) == {"train"}
-    assert np.allclose(df[dist_columns(CLASSES_7)].sum(1), 1.0, atol=1e-5)
+    assert np.allclose(df[dist_columns(CLASSES_7)].sum(axis=1), 1.0, atol=1e-5)
     assert meta["classes"] == list(CLASSES_7) and meta["teacher_sha256"] == ws.sha256(t.best)
     assert meta["provenance"]["inputs"]["teacher"]["sha256"] == ws.sha256(t.best)
 

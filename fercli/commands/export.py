@@ -25,12 +25,12 @@ EXAMPLE = """Examples:
 
 def export(
     ctx: typer.Context,
-    ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint to export \[default: the workspace's student]."),
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or torchscript \[default: onnx]."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write \[default: WORKSPACE/export/model.onnx or model.torchscript]."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset \[default: 17]."),
-    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Max abs logit difference vs eager PyTorch \[default: 1e-4]."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \[export] table of these options."),
+    ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint to export \\[default: the workspace's student]."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="onnx or torchscript \\[default: onnx]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write \\[default: WORKSPACE/export/model.onnx or model.torchscript]."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset \\[default: 17]."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Max abs logit difference vs eager PyTorch \\[default: 1e-4]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[export] table of these options."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript for deployment (dynamic batch).
