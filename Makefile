@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test clean
+.PHONY: install test demo clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: install
 	$(PY) -m pytest -q
+
+# The whole pipeline on the embedded synthetic sample, in a fresh workspace: runs/demo/report.md
+demo: install
+	$(VENV)/bin/fer demo --out runs/demo --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

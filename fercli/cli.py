@@ -12,6 +12,8 @@ from fercli.commands import _ui
 from fercli.commands import align as align_cmd
 from fercli.commands import bench as bench_cmd
 from fercli.commands import data as data_cmd
+from fercli.commands import demo as demo_cmd
+from fercli.commands import doctor as doctor_cmd
 from fercli.commands import eval as eval_cmd
 from fercli.commands import export as export_cmd
 from fercli.commands import gen_labels as gen_labels_cmd
@@ -78,7 +80,9 @@ app.command("eval", epilog=eval_cmd.EXAMPLE)(eval_cmd.eval_)
 app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
 app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)
 app.command("predict", epilog=predict_cmd.EXAMPLE)(predict_cmd.predict)
+app.command("doctor", epilog=doctor_cmd.EXAMPLE)(doctor_cmd.doctor)
 app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
+app.command("demo", epilog=demo_cmd.EXAMPLE)(demo_cmd.demo)
 
 def main() -> None:
     """Console-script entry point."""

@@ -17,11 +17,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from fercli.classes import check_same_classes
 from fercli.errors import FerError
@@ -172,6 +171,10 @@ class Workspace:
             self._state.setdefault("current", {})
             self._state.setdefault("hashes", {})
         return self._state
+
+    def reload(self) -> None:
+        """Forget the cached state (another process, e.g. a stage run as a command, may have changed it)."""
+        self._state = None
 
     def _save_state(self) -> None:
         atomic_write_json(self.state_path, self._load_state())

@@ -139,12 +139,16 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def load_source(src: str | os.PathLike[str], dst: Path | None = None) -> Source:
-    """Turn SRC (folder, dataset root or manifest parquet) into a :class:`Source`."""
+    """Turn SRC (folder, folder holding a manifest.parquet, dataset root or manifest parquet) into a :class:`Source`."""
     from fercli.importers import detect_format, load_dataset
 
     src = Path(src)
     if not src.exists():
         raise FerError(f"{src}: no such file or directory")
+    if src.is_dir() and (src / MANIFEST_NAME).is_file():
+        # A folder that carries its own manifest (e.g. `fer demo`'s sample, with landmarks) is read
+        # through it, so labels, splits and landmarks the folder layout cannot hold are kept.
+        src = src / MANIFEST_NAME
     if src.is_file():
         if src.suffix.lower() != ".parquet":
             raise FerError(
