@@ -389,7 +389,7 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
     def make_ckpt(metrics: dict[str, Any], train_state: dict[str, Any] | None) -> dict[str, Any]:
         inputs = {k: ws.input_ref(a) for k, a in data.inputs.items()}
         summary = {"arch": cfg.arch, "val_acc": round(float((best_row or {}).get("val_acc", 0.0)), 4),
-                   "epochs": len(history)}
+                   "best_epoch": (best_row or {}).get("epoch", 0), "epochs_run": len(history)}
         ck = make_checkpoint(model, cfg.arch, margs, classes, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
                              config={**config_dict(cfg), "targets": data.targets}, metrics=metrics,
                              provenance=make_provenance(kind, inputs, summary, command))
