@@ -10,6 +10,7 @@ first, times it, reads its artifact's key figure, and finally writes ``report.md
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -23,11 +24,13 @@ from typing import Any
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_text
 from fercli.schema import read_artifact_meta
+from fercli.workspace import ENV_VAR as WORKSPACE_ENV
 from fercli.workspace import Workspace, format_summary
 
 SAMPLE = {"train": 60, "valid": 15, "test": 20}  # synthetic pictures per class and split
 TINY_SAMPLE = {"train": 6, "valid": 2, "test": 2}
 FORMATS = ("ferplus", "rafdb", "affectnet", "folder")
+MARKER = ".fer-demo"
 
 # Budgets for a 2-core CPU: minutes for the synthetic sample, about a quarter of an hour on real data.
 SYNTHETIC_TOML = """# fer demo: budgets for the synthetic sample on a small CPU
@@ -76,6 +79,7 @@ arch = "resnet18"
 input_size = 64
 epochs = 3
 limit = {limit}
+val_fraction = 0.1  # used only when the dataset has no valid split (RAF-DB, AffectNet)
 workers = 0
 
 [gen-labels]
@@ -86,6 +90,7 @@ arch = "lfer"
 input_size = 64
 epochs = 3
 limit = {limit}
+val_fraction = 0.1
 workers = 0
 
 [eval]
@@ -131,7 +136,8 @@ class DemoResult:
     synthetic: bool
     stages: list[StageRun] = field(default_factory=list)
     report: Path | None = None
-    test_accuracy: float | None = None
+    test_accuracy: float | None = None  # on eval_split (test where the dataset has one)
+    eval_split: str | None = None
 
 
 def _figure(ws: Workspace, kind: str) -> tuple[str | None, str]:
@@ -153,8 +159,12 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
     if out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
             raise FerError(f"{out}: not empty; pass --overwrite to replace it, or --out for a new folder")
+        if not (out / MARKER).is_file():
+            raise FerError(f"{out}: not a folder made by fer demo (no {MARKER}); --overwrite only replaces those: "
+                           "choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER, "made by fer demo; `fer demo --overwrite` may delete this folder\n")
     ws = Workspace(out)
     result = DemoResult(out.resolve(), synthetic)
 
@@ -164,21 +174,25 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
         announce("generating the synthetic sample in raw/ (drawn faces; nothing downloaded, no licence needed)")
         make_sample(out / "raw", TINY_SAMPLE if cfg.tiny else SAMPLE, seed=cfg.seed)
         epochs = (1, 1, 2, 2) if cfg.tiny else (6, 4, 12, 9)
-        (out / "fer.toml").write_text(SYNTHETIC_TOML.format(
+        atomic_write_text(out / "fer.toml", SYNTHETIC_TOML.format(
             teacher_epochs=epochs[0], teacher_step=epochs[1], student_epochs=epochs[2], student_step=epochs[3]))
         commands = [["align", "raw/", "aligned/"]]
     else:
         detector = "landmarks" if cfg.format == "affectnet" else "none"
-        split = "test" if cfg.format in ("rafdb", "affectnet") else "valid"
         limit = 200 if cfg.tiny else 3000
-        (out / "fer.toml").write_text(REAL_TOML.format(detector=detector, limit=limit, split=split))
+        toml = REAL_TOML.format(detector=detector, limit=limit, split="test")
+        atomic_write_text(out / "fer.toml", toml)
         commands = [["data", "import", str(cfg.format), str(Path(cfg.data).resolve())], ["align"]]
-    commands += [["pretrain-teacher"], ["gen-labels"], ["train", "--beta", "0.2"], ["eval"], ["bench"], ["export"]]
+    beta = "0.6" if cfg.format == "affectnet" else "0.2"  # the paper's best beta per dataset
+    commands += [["pretrain-teacher"], ["gen-labels"], ["train", "--beta", beta], ["eval"], ["bench"], ["export"]]
 
     kinds = {"align": "dataset", "import": "dataset", "pretrain-teacher": "teacher", "gen-labels": "labels",
              "train": "student", "eval": "eval", "export": "export"}
     for args in commands:
         result.stages.append(_run(args, out, announce, echo, ws, kinds))
+        if args[0] == "align" and not synthetic and not _has_labelled(ws, "test"):
+            # FERPlus as shared has no test split: score on valid, and say so in the report
+            atomic_write_text(out / "fer.toml", toml.replace('split = "test"', 'split = "valid"'))
     # `fer predict img.png`: an aligned test face copied into the workspace, as a user's own photo.
     aligned = out / "aligned"
     crops = sorted(p for p in aligned.rglob("*.png") if "test" in p.parts or "valid" in p.parts) or sorted(aligned.rglob("*.png"))
@@ -186,9 +200,16 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
         shutil.copy(crops[0], out / "img.png")
         result.stages.append(_run(["predict", "img.png"], out, announce, echo, ws, kinds))
     report = json.loads((out / "eval" / "report.json").read_text())
-    result.test_accuracy = report["accuracy"]
+    result.test_accuracy, result.eval_split = report["accuracy"], report["manifest"]["split"]
     result.report = write_report(result, report)
     return result
+
+
+def _has_labelled(ws: Workspace, split: str) -> bool:
+    from fercli.schema import read_manifest
+
+    path = ws.current_path("dataset")
+    return path is not None and not read_manifest(path).labelled([split]).empty
 
 
 def _run(args: list[str], out: Path, announce: Callable[[str], None], echo: Callable[[str], None], ws: Workspace,
@@ -196,7 +217,9 @@ def _run(args: list[str], out: Path, announce: Callable[[str], None], echo: Call
     typed = "fer " + " ".join(shlex.quote(a) for a in args)
     announce(typed)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "fercli", *args], cwd=out, capture_output=True, text=True)
+    # The demo folder is the workspace, whatever $FER_WORKSPACE says.
+    env = {k: v for k, v in os.environ.items() if k != WORKSPACE_ENV}
+    proc = subprocess.run([sys.executable, "-m", "fercli", *args], cwd=out, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     echo(proc.stdout)
     if proc.returncode != 0:
@@ -230,7 +253,7 @@ def write_report(result: DemoResult, report: dict[str, Any]) -> Path:
     for s in result.stages:
         lines.append(f"| `{s.command}` | {s.artifact or '-'} | {s.seconds:.1f} | {s.figure or '-'} |")
     total = sum(s.seconds for s in result.stages)
-    lines += ["", f"Total: {total:.0f} s. Test accuracy ({report['manifest']['split']} split, {report['images']} images): "
+    lines += ["", f"Total: {total:.0f} s. Accuracy on the {report['manifest']['split']} split ({report['images']} images): "
                   f"**{report['accuracy']:.4f}** (mean per-class {report['mean_class_accuracy']:.4f}).", "",
               "## Confusion matrix", "", "![confusion matrix](eval/confusion.png)", "",
               "## Training curves (student)", "", "![training curves](student/curves.png)", ""]

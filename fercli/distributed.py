@@ -54,8 +54,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly (barrier first; see the module docstring)."""
+def shutdown(barrier: bool = True) -> None:
+    """Leave the process group (barrier first; see the module docstring).
+
+    ``barrier=False`` when leaving on an error: the other ranks may never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

@@ -161,9 +161,9 @@ def annotate(image: np.ndarray, faces: list[FaceResult], dest: Path) -> None:
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
     thick = max(1, round(max(canvas.shape[:2]) / 400))
     for f in faces:
-        if f.box is None:
-            continue
-        x1, y1, x2, y2 = (int(round(v)) for v in f.box)
+        # --no-detect: the whole picture is the face
+        box = f.box if f.box is not None else [0, 0, canvas.shape[1] - 1, canvas.shape[0] - 1]
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), thick)
         text = f"{f.label} {f.probs[f.label]:.2f}"
         scale = 0.3 * thick
@@ -212,6 +212,8 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             return
         found = detector.detect_faces([u.image for _, u in pending], min_score=cfg.min_score) if detector else None
         for k, (res, unit) in enumerate(pending):
+            if cfg.annotate is not None:
+                keep_for_annotation.append((res, unit.image, unit.scale))
             if detector is None:
                 crops.append(to_rgb_uint8(unit.image, clf.preprocess.input_size, bgr=unit.image.ndim == 3))
                 owners.append((res, 0, None, None))
@@ -229,8 +231,6 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
                 crops.append(to_rgb_uint8(crop, clf.preprocess.input_size, bgr=crop.ndim == 3))
                 orig = face.scaled(1.0 / unit.scale)
                 owners.append((res, j, [round(float(v), 2) for v in orig.box], round(float(face.score), 5)))
-            if cfg.annotate is not None:
-                keep_for_annotation.append((res, unit.image, unit.scale))
         pending.clear()
 
     for path, problem in track(expand_inputs(cfg.inputs), "reading inputs"):
@@ -262,10 +262,17 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
     if cfg.annotate is not None:
         import cv2
 
+        used: set[str] = set()
         for res, image, scale in keep_for_annotation:
+            if not res.faces:
+                continue
             if scale != 1.0 and res.size:  # draw at the input's own size
                 image = cv2.resize(image, res.size, interpolation=cv2.INTER_LINEAR)
-            name = Path(res.input).stem + (f"_f{res.frame:06d}" if res.frame is not None else "") + "_annotated.jpg"
+            stem = Path(res.input).stem + (f"_f{res.frame:06d}" if res.frame is not None else "")
+            name, k = f"{stem}_annotated.jpg", 2
+            while name in used:  # photos with the same name in different folders
+                name, k = f"{stem}_{k}_annotated.jpg", k + 1
+            used.add(name)
             dest = Path(cfg.annotate) / name
             annotate(image, res.faces, dest)
             annotated.append(dest)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fercli.classes import CLASSES_7
+from fercli.errors import FerError
 from fercli.fileio import atomic_path
 from fercli.schema import LANDMARK_COLUMNS, MANIFEST_NAME, make_provenance, write_manifest
 
@@ -137,7 +138,8 @@ def make_sample(root: str | Path, per_split: dict[str, int], seed: int = 0, size
                 if not dest.is_file():
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with atomic_path(dest) as tmp:
-                        cv2.imwrite(str(tmp), img)
+                        if not cv2.imwrite(str(tmp), img):
+                            raise FerError(f"{dest}: could not write the image; check the folder is writable")
                 rows.append({"path": rel, "split": split, "label": k, "dataset": "synthetic",
                              **dict(zip(LANDMARK_COLUMNS, lms.reshape(-1).astype(np.float32)))})
     df = pd.DataFrame(rows)

@@ -12,6 +12,7 @@ DistributedDataParallel and each rank takes its share of every epoch.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -218,6 +219,24 @@ def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teach
     return Prepared(m, tr, va, m.classes, targets, inputs, notes)
 
 
+# Settings that define a run: `--resume` takes them from the run itself, whatever is typed now.
+RUN_SETTINGS = ("arch", "pretrained", "input_size", "recipe", "batch_size", "lr", "momentum", "weight_decay",
+                "lr_step", "lr_gamma", "balanced", "flip", "loss", "alpha", "beta", "dice_eps", "kl_weight",
+                "kl_reduction", "targets", "val_fraction", "limit", "seed", "deterministic", "channels_last", "amp")
+
+
+def _resumed_config(cfg: TrainConfig, saved: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with the resumed run's own settings (epochs, device, workers and the like stay as given)."""
+    changes, notes = {}, []
+    for name in RUN_SETTINGS:
+        if name in saved and saved[name] != getattr(cfg, name):
+            changes[name] = saved[name]
+            notes.append(f"{name}={saved[name]!r}")
+    if changes:
+        notes = [f"--resume keeps the run's own settings: {', '.join(notes)}"]
+    return dataclasses.replace(cfg, **changes), notes
+
+
 @dataclass
 class FitResult:
     out_dir: Path
@@ -337,6 +356,15 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
                        "--overwrite to start again, or --out for a new directory")
     if cfg.resume and not last_path.exists():
         raise FerError(f"{last_path}: nothing to resume; start the run without --resume")
+    state: dict[str, Any] | None = None
+    resume_notes: list[str] = []
+    if cfg.resume:
+        state = load_checkpoint(last_path)
+        cfg, resume_notes = _resumed_config(cfg, state.get("config") or {})
+    elif cfg.overwrite and dist_info.is_main:
+        # Start clean: a new run that stops early must not sit beside the old run's best.pt and metrics.
+        for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+            (out_dir / name).unlink(missing_ok=True)
 
     teacher_stage = kind == "teacher"
     data = prepare_data(cfg, ws, track, teacher_stage=teacher_stage,
@@ -365,8 +393,10 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
     start_epoch, start_step, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
     best_row: dict[str, Any] | None = None
-    if cfg.resume:
-        state = load_checkpoint(last_path)
+    sums = [0.0, 0.0, 0.0]  # this epoch's loss x n, correct, n (saved with a mid-epoch checkpoint)
+    seconds_done = 0.0  # this epoch's training time before a resume
+    if state is not None:
+        data.notes.extend(resume_notes)
         train_state = state.get("train_state") or {}
         if state["arch"] != cfg.arch or train_state.get("manifest_sha256") != manifest_sha:
             raise FerError(f"{last_path}: was trained with {state['arch']} on another manifest; it cannot be resumed "
@@ -379,6 +409,8 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
         torch.set_rng_state(train_state["torch_rng"])
         start_epoch, start_step, global_step = train_state["epoch"], train_state["step"], train_state["global_step"]
         history, best_row = list(train_state["history"]), train_state.get("best_row")
+        sums = list(train_state.get("epoch_sums", sums))
+        seconds_done = float(train_state.get("epoch_seconds", 0.0))
         data.notes.append(f"resumed from {last_path} at epoch {start_epoch + 1}, step {start_step}")
 
     ddp_model: torch.nn.Module = model
@@ -397,11 +429,12 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
             ck["train_state"] = train_state
         return ck
 
-    def save_last(epoch: int, step: int) -> None:
+    def save_last(epoch: int, step: int, epoch_sums: list[float], epoch_seconds: float) -> None:
         if not dist_info.is_main:
             return
         save_checkpoint(last_path, make_ckpt({"last": history[-1] if history else {}}, {
-            "epoch": epoch, "step": step, "global_step": global_step, "optimizer": optimizer.state_dict(),
+            "epoch": epoch, "step": step, "global_step": global_step, "epoch_sums": list(epoch_sums),
+            "epoch_seconds": epoch_seconds, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "torch_rng": torch.get_rng_state(), "history": history, "best_row": best_row,
             "manifest_sha256": manifest_sha,
@@ -411,6 +444,7 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
         out_dir.mkdir(parents=True, exist_ok=True)
     train = data.train
     stopped_at = None
+    failed = False
     try:
         for epoch in range(start_epoch, cfg.epochs):
             order = epoch_order(len(train), epoch, cfg.seed, train.labels, cfg.balanced, dist_info.rank, dist_info.world)
@@ -418,8 +452,9 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
             first = start_step if epoch == start_epoch else 0
             progress.epoch_start(epoch, cfg.epochs, len(idx_batches), first)
             ddp_model.train()
-            sums = [0.0, 0.0, 0.0]  # loss x n, correct, n
-            t0 = time.perf_counter()
+            if epoch != start_epoch or first == 0:
+                sums, seconds_done = [0.0, 0.0, 0.0], 0.0
+            t0 = time.perf_counter() - seconds_done
             for step, (x, idx) in enumerate(load_batches(train, idx_batches[first:], cfg.workers), start=first):
                 g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1_000_003 + step)
                 x = normalize(augment(x, cfg.flip, g), pre, device, channels_last)
@@ -429,10 +464,16 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
                     logits = ddp_model(x)
                 loss, parts = criterion(logits, y, t)
                 loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
+                finite = math.isfinite(loss_value)
+                if dist_info.enabled:
+                    # Every rank must stop together: a rank that raised alone would leave the others
+                    # waiting in DDP's gradient all-reduce for ever.
+                    finite = distributed.all_reduce_sum([float(finite)], device)[0] == dist_info.world
+                if not finite:
+                    what = loss_value if not math.isfinite(loss_value) else "non-finite on another process"
                     where = ", ".join(train.paths[i] for i in idx[:3])
                     good = last_path if last_path.exists() else "none yet"
-                    raise FerError(f"loss became {loss_value} at epoch {epoch + 1}, step {step} (images {where}, ...); "
+                    raise FerError(f"loss became {what} at epoch {epoch + 1}, step {step} (images {where}, ...); "
                                    f"stopped; last good checkpoint: {good}; lower --lr or check those images")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -446,11 +487,11 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
                 sums[2] += n
                 progress.step(n * dist_info.world, {"loss": loss_value, "acc": correct / n, **parts})
                 if cfg.max_steps is not None and global_step >= cfg.max_steps:
-                    save_last(epoch, step + 1)
+                    save_last(epoch, step + 1, sums, time.perf_counter() - t0)
                     stopped_at = global_step
                     break
                 if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
-                    save_last(epoch, step + 1)
+                    save_last(epoch, step + 1, sums, time.perf_counter() - t0)
             if stopped_at is not None:
                 break
             seconds = time.perf_counter() - t0
@@ -471,10 +512,13 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
                 _write_metrics(out_dir, history)
                 if improved:
                     save_checkpoint(best_path, make_ckpt({"best": best_row}, None))
-                save_last(epoch + 1, 0)
+                save_last(epoch + 1, 0, [0.0, 0.0, 0.0], 0.0)
             distributed.barrier()
+    except BaseException:
+        failed = True
+        raise
     finally:
-        distributed.shutdown()
+        distributed.shutdown(barrier=not failed)
     if dist_info.is_main and best_path.exists() and stopped_at is None:
         ws.record(kind, best_path)
     return FitResult(out_dir, best_path, last_path, history, best_row, stopped_at, data.notes, data.inputs, data.targets,

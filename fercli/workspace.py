@@ -292,6 +292,7 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """Every artifact kind: where it is, when made, from what, stale or not; and the next stage."""
         rows = []
+        states: dict[str, str] = {}
         next_cmd = None
         for stage in PIPELINE:
             path = self.current_path(stage.kind)
@@ -304,6 +305,10 @@ class Workspace:
                     row.update(state="unreadable", problem=str(exc))
                 else:
                     why = self.staleness(art)
+                    if why is None:  # made from an artifact that is itself stale: stale too
+                        bad = [k for k in art.provenance.get("inputs", {}) if states.get(k) == "stale"]
+                        if bad:
+                            why = f"{self.rel(path)} was made from {bad[0]}, which is stale"
                     row.update(
                         state="stale" if why else "ok",
                         created=art.created,
@@ -312,6 +317,7 @@ class Workspace:
                     )
                     if why:
                         row["problem"] = why
+            states[stage.kind] = row["state"]
             if row["state"] != "ok" and next_cmd is None and stage.kind not in ("eval", "export"):
                 next_cmd = stage.command
             rows.append(row)

@@ -8,7 +8,8 @@ from pathlib import Path
 from fercli.cli import app
 
 
-def test_demo_tiny(runner, tmp_path: Path):
+def test_demo_tiny(runner, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("FER_WORKSPACE", str(tmp_path / "elsewhere"))  # the demo's own folder is its workspace
     out = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--tiny", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
@@ -23,3 +24,8 @@ def test_demo_tiny(runner, tmp_path: Path):
     assert (out / "export" / "model.onnx").is_file()
     res = runner.invoke(app, ["demo", "--tiny", "--out", str(out)])
     assert res.exit_code == 1 and "not empty; pass --overwrite" in res.stderr
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    res = runner.invoke(app, ["demo", "--tiny", "--out", str(tmp_path / "mine"), "--overwrite"])
+    assert res.exit_code == 1 and "not a folder made by fer demo" in res.stderr
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"

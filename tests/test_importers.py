@@ -323,3 +323,12 @@ def test_missing_or_empty_sources(tmp_path: Path, fmt, setup, message):
     setup(tmp_path)
     with pytest.raises(FerError, match=message):
         load(fmt, tmp_path)
+
+
+def test_affectnet_line_numbers_survive_blank_lines(tmp_path: Path):
+    from _fab import landmarks68
+    make_affectnet(tmp_path, [("1/a.jpg", 0)])
+    with open(tmp_path / "training.csv", "a") as fh:
+        fh.write("\n" + f'1/x.jpg,1,2,3,4,"{landmarks68()}",12,0,0\n')
+    with pytest.raises(FerError, match=r"training\.csv:4: unknown expression code '12'"):
+        load("affectnet", tmp_path)

@@ -99,11 +99,17 @@ def test_video_and_no_detect_csv(runner, workspace: Path, model: Path):
         writer.write(f)
     writer.release()
     cv2.imwrite(str(workspace / "face.png"), frames[0])
-    res = runner.invoke(app, ["predict", "clip.avi", "*.png", "--model", str(model), "--no-detect", "--every", "2", "--csv"])
+    (workspace / "other").mkdir()
+    cv2.imwrite(str(workspace / "other" / "face.png"), frames[1])
+    res = runner.invoke(app, ["predict", "clip.avi", "*.png", "other/face.png", "--model", str(model), "--no-detect",
+                              "--every", "2", "--csv", "--annotate", "ann"])
     assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (workspace / "ann").iterdir()) == [
+        "clip_f000000_annotated.jpg", "clip_f000002_annotated.jpg", "clip_f000004_annotated.jpg",
+        "face_2_annotated.jpg", "face_annotated.jpg"]
     rows = list(pd.read_csv(pd.io.common.StringIO(res.stdout)).itertuples())
     assert [(Path(r.input).name, r.frame if r.frame == r.frame else None) for r in rows] == [
-        ("clip.avi", 0), ("clip.avi", 2), ("clip.avi", 4), ("face.png", None)]
+        ("clip.avi", 0), ("clip.avi", 2), ("clip.avi", 4), ("face.png", None), ("face.png", None)]
     probs = pd.read_csv(pd.io.common.StringIO(res.stdout))[list(CLASSES_7)].to_numpy()
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
 

@@ -19,6 +19,7 @@ from fercli.classes import CLASSES_7
 from fercli.errors import FerError
 from fercli.importers import ImportConfig, run_import
 from fercli.labels import GenLabelsConfig, generate_labels
+from fercli.losses import LFERLoss
 from fercli.schema import dist_columns, read_labels, read_manifest, write_labels, write_manifest
 from fercli.training import TeacherConfig, TrainConfig, fit
 from fercli.workspace import Workspace
@@ -88,7 +89,7 @@ def test_resume_is_exact_under_deterministic(ws: Workspace, tmp_path: Path):
     assert [r["val_acc"] for r in full.history] == [r["val_acc"] for r in resumed.history]
 
 
-def test_bad_inputs(ws: Workspace, tmp_path: Path):
+def test_bad_inputs(ws: Workspace, tmp_path: Path, monkeypatch):
     cfg = dict(arch="shufflenet_v2", epochs=1, targets="none", **TINY)
     with pytest.raises(FerError, match="needs label distributions: run `fer gen-labels`"):
         fit(TrainConfig(**{**cfg, "targets": "teacher"}), ws)
@@ -115,12 +116,18 @@ def test_bad_inputs(ws: Workspace, tmp_path: Path):
     finally:
         victim.with_suffix(".bak").rename(victim)
     # NaN loss: stop with the batch and the last good checkpoint named; nothing overwritten
-    fit(TrainConfig(out=tmp_path / "nan", **cfg), ws)
-    before = (tmp_path / "nan" / "best.pt").read_bytes()
-    with pytest.raises(FerError, match=r"loss became (nan|inf) at epoch 1, step \d+ \(images train/.*last good checkpoint: .*nan/last.pt"):
-        fit(TrainConfig(out=tmp_path / "nan", lr=1e30, overwrite=True, **cfg), ws)
-    assert (tmp_path / "nan" / "best.pt").read_bytes() == before
+    fit(TrainConfig(out=tmp_path / "nan", max_steps=2, **cfg), ws)
+    before = (tmp_path / "nan" / "last.pt").read_bytes()
+    real_forward = LFERLoss.forward
 
+    def nan_loss(self, logits, labels, target=None):
+        total, parts = real_forward(self, logits, labels, target)
+        return total * float("nan"), parts
+
+    monkeypatch.setattr(LFERLoss, "forward", nan_loss)
+    with pytest.raises(FerError, match=r"loss became nan at epoch 1, step 2 \(images train/.*last good checkpoint: .*nan/last.pt"):
+        fit(TrainConfig(out=tmp_path / "nan", resume=True, **cfg), ws)
+    assert (tmp_path / "nan" / "last.pt").read_bytes() == before
 
 @pytest.mark.shared
 def test_ferplus_short_run_learns(ferplus_dir: Path, tmp_path: Path):
@@ -171,3 +178,16 @@ def test_ferplus_teacher_labels_student_end_to_end(ferplus_dir: Path, tmp_path: 
     assert student.targets == "teacher" and ckpt["classes"] == list(full.classes)
     assert ckpt["provenance"]["inputs"]["labels"]["sha256"] == ws.sha256(labels.out)
     assert load_checkpoint(teacher.best)["arch"] == "resnet18"
+
+
+def test_resume_keeps_the_runs_settings_and_epoch_totals(ws: Workspace, tmp_path: Path):
+    base = dict(arch="shufflenet_v2", deterministic=True, checkpoint_every=0, targets="none", **TINY)
+    full = fit(TrainConfig(out=tmp_path / "full", epochs=2, **{**base, "batch_size": 8}), ws)
+    fit(TrainConfig(out=tmp_path / "part", epochs=2, max_steps=4, **{**base, "batch_size": 8}), ws)
+    # resumed with the default batch size typed: the run's own batch size 8 is kept, and said so
+    resumed = fit(TrainConfig(out=tmp_path / "part", epochs=2, resume=True, **base), ws)
+    assert any("batch_size=8" in n for n in resumed.notes)
+    a, b = load_checkpoint(full.last)["state_dict"], load_checkpoint(resumed.last)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for x, y in zip(full.history, resumed.history):  # the interrupted epoch's totals survive the resume
+        assert x["train_loss"] == pytest.approx(y["train_loss"]) and x["train_acc"] == y["train_acc"]

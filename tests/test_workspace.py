@@ -81,7 +81,8 @@ def test_walk_through_default_locations_and_staleness(tmp_path: Path):
     stand_in_checkpoint(ws, "teacher", {"dataset": arts["dataset"]}, weight=1.0)
     with pytest.raises(FerError, match=r"stale input: labels/labels.parquet was made from teacher .* rerun `fer gen-labels`"):
         ws.resolve_inputs({"dataset": None, "labels": None})
-    assert {r["kind"]: r["state"] for r in ws.status()["artifacts"]}["labels"] == "stale"
+    states = {r["kind"]: r["state"] for r in ws.status()["artifacts"]}
+    assert states["labels"] == "stale" and states["student"] == "stale"  # made from stale labels
     assert ws.status()["next"] == "fer gen-labels"
 
     # An explicit path overrides the workspace (explicit labels are not compared with the current teacher)...

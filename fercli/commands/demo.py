@@ -38,6 +38,7 @@ def demo(
                    echo=(lambda s: None) if quiet else (lambda s: _ui.out.print(s.rstrip(), highlight=False, markup=False)))
     if json_out:
         _ui.print_json({"out": str(res.out), "synthetic": res.synthetic, "test_accuracy": res.test_accuracy,
+                        "eval_split": res.eval_split,
                         "report": str(res.report),
                         "stages": [{"command": s.command, "seconds": round(s.seconds, 2), "artifact": s.artifact,
                                     "figure": s.figure} for s in res.stages]})
@@ -51,4 +52,4 @@ def demo(
     if res.synthetic:
         _ui.out.print("The data is synthetic (drawn faces): this shows the pipeline, not accuracy on real faces. "
                       "On a real dataset: fer demo --data PATH --format ferplus|rafdb|affectnet|folder")
-    _ui.out.print(f"test accuracy {res.test_accuracy:.4f}; report: {res.report}")
+    _ui.out.print(f"accuracy on the {res.eval_split} split {res.test_accuracy:.4f}; report: {res.report}")

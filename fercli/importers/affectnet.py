@@ -73,7 +73,8 @@ def import_affectnet(cfg: ImportConfig, track: Track = no_track) -> Imported:
         if not path.is_file():
             continue
         try:
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+            # Blank lines are kept (and dropped below) so that every row knows its line in the file.
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise FerError(f"{path}: malformed CSV ({' '.join(str(exc).split())})") from exc
         except pd.errors.EmptyDataError:
@@ -81,9 +82,11 @@ def import_affectnet(cfg: ImportConfig, track: Track = no_track) -> Imported:
         missing = [c for c in COLUMNS if c not in raw.columns]
         if missing:
             raise FerError(f"{path}: missing column(s) {', '.join(missing)}; is this an AffectNet {fname}?")
+        line_no = np.arange(len(raw)) + 2  # line 1 is the header
+        blank = (raw.fillna("") == "").all(axis=1).to_numpy()
+        raw, lines = raw[~blank].reset_index(drop=True), line_no[~blank].tolist()
         if raw.empty:
             raise FerError(f"{path}: no rows (empty dataset)")
-        lines = list(range(2, len(raw) + 2))  # line 1 is the header
         codes = pd.to_numeric(raw["expression"], errors="coerce")
         bad = codes.isna() | ~codes.isin(list(to_index))
         if bad.any():
