@@ -58,16 +58,6 @@ workers = 0
 
 [eval]
 workers = 0
-
-[bench]
-models = ["student/best.pt"]
-batches = [1]
-backends = ["eager", "onnxruntime"]
-reps = 30
-max_seconds = 1.0
-
-[predict]
-no_detect = true  # img.png is an aligned crop
 """
 REAL_TOML = """# fer demo on a real dataset: a short budget, the same stages
 [align]
@@ -96,7 +86,9 @@ workers = 0
 [eval]
 workers = 0
 split = "{split}"
-
+"""
+# Shared by both: a short latency check of the student, and `fer predict img.png` on an aligned crop.
+COMMON_TOML = """
 [bench]
 models = ["student/best.pt"]
 batches = [1]
@@ -105,7 +97,7 @@ reps = 30
 max_seconds = 1.0
 
 [predict]
-no_detect = true
+no_detect = true  # img.png is an aligned crop
 """
 
 
@@ -175,12 +167,13 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
         make_sample(out / "raw", TINY_SAMPLE if cfg.tiny else SAMPLE, seed=cfg.seed)
         epochs = (1, 1, 2, 2) if cfg.tiny else (6, 4, 12, 9)
         atomic_write_text(out / "fer.toml", SYNTHETIC_TOML.format(
-            teacher_epochs=epochs[0], teacher_step=epochs[1], student_epochs=epochs[2], student_step=epochs[3]))
+            teacher_epochs=epochs[0], teacher_step=epochs[1], student_epochs=epochs[2], student_step=epochs[3])
+            + COMMON_TOML)
         commands = [["align", "raw/", "aligned/"]]
     else:
         detector = "landmarks" if cfg.format == "affectnet" else "none"
         limit = 200 if cfg.tiny else 3000
-        toml = REAL_TOML.format(detector=detector, limit=limit, split="test")
+        toml = REAL_TOML.format(detector=detector, limit=limit, split="test") + COMMON_TOML
         atomic_write_text(out / "fer.toml", toml)
         commands = [["data", "import", str(cfg.format), str(Path(cfg.data).resolve())], ["align"]]
     beta = "0.6" if cfg.format == "affectnet" else "0.2"  # the paper's best beta per dataset

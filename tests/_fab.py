@@ -100,3 +100,22 @@ def make_pattern_folder(root: Path, classes: tuple[str, ...], per_class: dict[st
                 d.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(d / f"{i:04d}.png"), img)
     return root
+
+
+def ferplus_subset(ferplus_dir: Path, root: Path, n_train: int, n_valid: int, seed: int):
+    """Import the real FERPlus into ``root`` and write ``root/sub.parquet``: a seeded sample of labelled
+    train and valid rows, made the workspace's dataset. Returns (workspace, the sample's rows)."""
+    import pandas as pd
+
+    from fercli.importers import ImportConfig, run_import
+    from fercli.schema import read_manifest, write_manifest
+    from fercli.workspace import Workspace
+
+    ws = Workspace(root)
+    full = read_manifest(run_import(ImportConfig(format="ferplus", src=ferplus_dir, out=root / "all.parquet"), ws).out)
+    df = full.df[full.df["label"] >= 0]
+    sub = pd.concat([df[df.split == "train"].sample(n_train, random_state=seed),
+                     df[df.split == "valid"].sample(n_valid, random_state=seed)])
+    write_manifest(sub, full.classes, full.root, root / "sub.parquet")
+    ws.record("dataset", root / "sub.parquet")
+    return ws, sub

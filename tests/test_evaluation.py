@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _fab import make_pattern_folder
+from _fab import ferplus_subset, make_pattern_folder
 
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.cli import app
@@ -37,13 +37,7 @@ def test_compute_metrics_by_hand():
 @pytest.fixture(scope="module")
 def ferplus_ws(ferplus_dir: Path, tmp_path_factory) -> Workspace:
     """A tiny model trained briefly on a FERPlus subset; the subset's valid split is evaluated."""
-    root = tmp_path_factory.mktemp("evalws")
-    ws = Workspace(root)
-    full = read_manifest(run_import(ImportConfig(format="ferplus", src=ferplus_dir, out=root / "all.parquet"), ws).out)
-    df = full.df[full.df["label"] >= 0]
-    sub = pd.concat([df[df.split == "train"].sample(300, random_state=1), df[df.split == "valid"].sample(200, random_state=1)])
-    write_manifest(sub, full.classes, full.root, root / "sub.parquet")
-    ws.record("dataset", root / "sub.parquet")
+    ws, _ = ferplus_subset(ferplus_dir, tmp_path_factory.mktemp("evalws"), 300, 200, seed=1)
     fit(TrainConfig(arch="shufflenet_v2", input_size=48, epochs=1, batch_size=32, workers=0, threads=2, targets="none"), ws)
     return ws
 

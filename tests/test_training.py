@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _fab import make_pattern_folder
+from _fab import ferplus_subset, make_pattern_folder
 
 from fercli.checkpoint import load_checkpoint, model_from_checkpoint
-from fercli.classes import CLASSES_7
+from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.errors import FerError
 from fercli.importers import ImportConfig, run_import
 from fercli.labels import GenLabelsConfig, generate_labels
@@ -132,12 +132,8 @@ def test_bad_inputs(ws: Workspace, tmp_path: Path, monkeypatch):
 @pytest.mark.shared
 def test_ferplus_short_run_learns(ferplus_dir: Path, tmp_path: Path):
     """Real data: a short run lowers the training loss and beats the majority-class rate on valid."""
-    ws = Workspace(tmp_path)
-    full = read_manifest(run_import(ImportConfig(format="ferplus", src=ferplus_dir, out=tmp_path / "all.parquet"), ws).out)
-    df = full.df[full.df["label"] >= 0]
-    sub = pd.concat([df[df.split == "train"].sample(2000, random_state=0), df[df.split == "valid"].sample(400, random_state=0)])
-    write_manifest(sub, full.classes, full.root, tmp_path / "sub.parquet")
-    r = fit(TrainConfig(manifest=tmp_path / "sub.parquet", arch="lfer", input_size=48, epochs=4, batch_size=32, lr=0.05,
+    ws, sub = ferplus_subset(ferplus_dir, tmp_path, 2000, 400, seed=0)
+    r = fit(TrainConfig(arch="lfer", input_size=48, epochs=4, batch_size=32, lr=0.05,
                         loss="ce", targets="none", workers=0, threads=2), ws)
     majority = (sub[sub.split == "valid"]["label"] == sub[sub.split == "train"]["label"].mode()[0]).mean()
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
@@ -163,19 +159,14 @@ def test_torchrun_two_processes(ws: Workspace, tmp_path: Path):
 @pytest.mark.shared
 def test_ferplus_teacher_labels_student_end_to_end(ferplus_dir: Path, tmp_path: Path):
     """pretrain-teacher -> gen-labels -> train -> checkpoint on a few hundred real FERPlus images."""
-    ws = Workspace(tmp_path)
-    full = read_manifest(run_import(ImportConfig(format="ferplus", src=ferplus_dir, out=tmp_path / "all.parquet"), ws).out)
-    df = full.df[full.df["label"] >= 0]
-    sub = pd.concat([df[df.split == "train"].sample(300, random_state=2), df[df.split == "valid"].sample(100, random_state=2)])
-    write_manifest(sub, full.classes, full.root, tmp_path / "sub.parquet")
-    ws.record("dataset", tmp_path / "sub.parquet")
+    ws, _ = ferplus_subset(ferplus_dir, tmp_path, 300, 100, seed=2)
     small = dict(input_size=48, epochs=1, batch_size=32, workers=0, threads=2)
     teacher = fit(TeacherConfig(arch="resnet18", **small), ws, kind="teacher")
     labels = generate_labels(GenLabelsConfig(workers=0), ws)
     assert labels.summary["rows"] == 300 and "kl_votes" in labels.summary  # FERPlus votes vs the teacher
     student = fit(TrainConfig(arch="lfer", beta=0.2, **small), ws)
     ckpt = load_checkpoint(student.best)
-    assert student.targets == "teacher" and ckpt["classes"] == list(full.classes)
+    assert student.targets == "teacher" and ckpt["classes"] == list(CLASSES_8)
     assert ckpt["provenance"]["inputs"]["labels"]["sha256"] == ws.sha256(labels.out)
     assert load_checkpoint(teacher.best)["arch"] == "resnet18"
 
