@@ -70,15 +70,23 @@ def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str] | tuple
         "per_class": per_class,
         "confusion": cm.tolist(),
     }
-    if votes is not None:
-        ok = ~np.isnan(votes).any(1)
-        if ok.any():
-            v, p = votes[ok], probs[ok]
-            eps = 1e-12
-            kl = np.where(v > 0, v * (np.log(v + eps) - np.log(p + eps)), 0.0).sum(1)
-            out["votes"] = {"images": int(ok.sum()), "mean_kl_votes_pred": float(kl.mean()),
-                            "vote_majority_agreement": float((p.argmax(1) == v.argmax(1)).mean())}
+    agreement = vote_agreement(votes, probs) if votes is not None else None
+    if agreement is not None:
+        out["votes"] = agreement
     return out
+
+
+def vote_agreement(votes: np.ndarray, probs: np.ndarray) -> dict[str, Any] | None:
+    """Mean KL(votes || probs) and top-1 agreement with the vote majority over rows that have votes
+    (None when none has); shared by `fer eval` and `fer gen-labels`."""
+    ok = ~np.isnan(votes).any(1)
+    if not ok.any():
+        return None
+    v, p = votes[ok], probs[ok]
+    eps = 1e-12
+    kl = np.where(v > 0, v * (np.log(v + eps) - np.log(p + eps)), 0.0).sum(1)
+    return {"images": int(ok.sum()), "mean_kl_votes_pred": float(kl.mean()),
+            "vote_majority_agreement": float((p.argmax(1) == v.argmax(1)).mean())}
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str] | tuple[str, ...], title: str, dest: Path) -> None:

@@ -22,6 +22,7 @@ from fercli.checkpoint import model_from_checkpoint
 from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
+from fercli.evaluation import vote_agreement
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, dist_columns, make_provenance, read_manifest, write_labels
 from fercli.transforms import preset_from_meta
@@ -61,11 +62,10 @@ def quality(probs: np.ndarray, labels: np.ndarray, votes: np.ndarray | None = No
         "mean_max_prob": float(probs.max(1).mean()),
         "mean_entropy": float(-(probs * np.log(probs + eps)).sum(1).mean()),
     }
-    if votes is not None:
-        ok = ~np.isnan(votes).any(1)
-        v = votes[ok]
-        out["kl_votes"] = float((np.where(v > 0, v * (np.log(v + eps) - np.log(probs[ok] + eps)), 0)).sum(1).mean())
-        out["vote_majority_agreement"] = float((probs[ok].argmax(1) == v.argmax(1)).mean())
+    agreement = vote_agreement(votes, probs) if votes is not None else None
+    if agreement is not None:
+        out["kl_votes"] = agreement["mean_kl_votes_pred"]
+        out["vote_majority_agreement"] = agreement["vote_majority_agreement"]
     return out
 
 
