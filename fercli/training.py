@@ -82,6 +82,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     balanced: bool = False
     flip: float = 0.5
+    shift: float = 0.0  # random translation, a fraction of the input size (0: the paper's flip only)
     loss: str = "combo"  # combo (eq. 6) or ce
     alpha: float = 0.5
     beta: float = 0.2
@@ -221,7 +222,7 @@ def prepare_data(cfg: TrainConfig, ws: Workspace, track: Track = no_track, teach
 
 # Settings that define a run: `--resume` takes them from the run itself, whatever is typed now.
 RUN_SETTINGS = ("arch", "pretrained", "input_size", "recipe", "batch_size", "lr", "momentum", "weight_decay",
-                "lr_step", "lr_gamma", "balanced", "flip", "loss", "alpha", "beta", "dice_eps", "kl_weight",
+                "lr_step", "lr_gamma", "balanced", "flip", "shift", "loss", "alpha", "beta", "dice_eps", "kl_weight",
                 "kl_reduction", "targets", "val_fraction", "limit", "seed", "deterministic", "channels_last", "amp")
 
 
@@ -338,7 +339,8 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
         raise FerError(f"unknown recipe {cfg.recipe!r}; choose one of {', '.join(RECIPES)}")
     for name, value, ok in (("--epochs", cfg.epochs, cfg.epochs >= 1), ("--batch-size", cfg.batch_size, cfg.batch_size >= 2),
                             ("--lr", cfg.lr, cfg.lr > 0), ("--lr-step", cfg.lr_step, cfg.lr_step >= 1),
-                            ("--flip", cfg.flip, 0 <= cfg.flip <= 1)):
+                            ("--flip", cfg.flip, 0 <= cfg.flip <= 1),
+                            ("--shift", cfg.shift, 0 <= cfg.shift < 0.5)):
         if not ok:
             raise FerError(f"{name} {value} is out of range")
     if cfg.threads:
@@ -457,7 +459,7 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
             t0 = time.perf_counter() - seconds_done
             for step, (x, idx) in enumerate(load_batches(train, idx_batches[first:], cfg.workers), start=first):
                 g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1_000_003 + step)
-                x = normalize(augment(x, cfg.flip, g), pre, device, channels_last)
+                x = normalize(augment(x, cfg.flip, g, cfg.shift), pre, device, channels_last)
                 y = train.labels[idx].to(device)
                 t = train.targets[idx].to(device) if train.targets is not None else None
                 with torch.autocast("cuda", dtype=torch.float16, enabled=use_cuda and cfg.amp):

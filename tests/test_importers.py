@@ -67,6 +67,22 @@ def test_ferplus_seven_classes_leaves_contempt_unlabelled(ferplus: Path):
     assert "dist_contempt" not in imp.df.columns
 
 
+def test_ferplus_rename_split_keeps_valid_for_the_final_report(ferplus: Path):
+    df = load("ferplus", ferplus, rename_splits="valid=test").df
+    assert df["split"].tolist() == ["train"] * 5 + ["test"] * 2
+    swapped = load("ferplus", ferplus, rename_splits="valid=train, train=valid").df  # renames apply at once
+    assert swapped["split"].tolist() == ["valid"] * 5 + ["train"] * 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("valid", "expected OLD=NEW"), ("valid=holdout", "expected OLD=NEW"),
+    ("valid=test,valid=train", "renamed twice"), ("test=valid", "has no 'test' split"),
+])
+def test_ferplus_rename_split_errors(ferplus: Path, spec: str, message: str):
+    with pytest.raises(FerError, match=message):
+        load("ferplus", ferplus, rename_splits=spec)
+
+
 @pytest.mark.parametrize("line, message", [
     ('fer0000000.png,"(0, 0, 48, 48)",1,2,3', "expected 12 fields"),
     ('fer0000000.png,"(0, 0, 48, 48)",a,0,0,0,0,0,0,0,0,0', "must be integers"),

@@ -16,6 +16,7 @@ from _fab import ferplus_subset, make_pattern_folder
 
 from fercli.checkpoint import load_checkpoint, model_from_checkpoint
 from fercli.classes import CLASSES_7, CLASSES_8
+from fercli.data import augment
 from fercli.errors import FerError
 from fercli.importers import ImportConfig, run_import
 from fercli.labels import GenLabelsConfig, generate_labels
@@ -78,7 +79,8 @@ def test_gen_labels_refuses_test_split_and_bad_distributions(ws: Workspace, tmp_
 
 
 def test_resume_is_exact_under_deterministic(ws: Workspace, tmp_path: Path):
-    base = dict(arch="shufflenet_v2", epochs=2, deterministic=True, checkpoint_every=0, targets="none", **TINY)
+    # with --shift too: the translation draws from the per-step generator, so a resume replays it
+    base = dict(arch="shufflenet_v2", epochs=2, deterministic=True, checkpoint_every=0, targets="none", shift=0.1, **TINY)
     full = fit(TrainConfig(out=tmp_path / "full", **base), ws)
     part = fit(TrainConfig(out=tmp_path / "part", max_steps=3, **base), ws)  # stops mid-epoch 1
     assert part.stopped_at_step == 3 and not part.best.exists()
@@ -87,6 +89,20 @@ def test_resume_is_exact_under_deterministic(ws: Workspace, tmp_path: Path):
     a, b = load_checkpoint(full.last)["state_dict"], load_checkpoint(resumed.last)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["val_acc"] for r in full.history] == [r["val_acc"] for r in resumed.history]
+
+
+def test_augment_shift_translates_within_the_frame():
+    x = torch.zeros(4, 3, 20, 20, dtype=torch.uint8)
+    x[:, :, 8:12, 8:12] = 200  # a bright square in the middle
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(augment(x, 0.0, g(), shift=0.0), x)
+    y = augment(x, 0.0, g(), shift=0.1)  # up to 2 px each way
+    assert y.shape == x.shape and y.dtype == torch.uint8
+    assert torch.equal(y, augment(x, 0.0, g(), shift=0.1))  # the generator decides everything
+    for img in y:  # the square moved by at most 2 px and kept its size
+        rows, cols = torch.nonzero(img[0] == 200, as_tuple=True)
+        assert len(rows) == 16 and 6 <= int(rows.min()) <= 10 and 6 <= int(cols.min()) <= 10
+    assert any(not torch.equal(a, x[0]) for a in y)
 
 
 def test_bad_inputs(ws: Workspace, tmp_path: Path, monkeypatch):

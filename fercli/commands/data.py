@@ -26,6 +26,8 @@ IMPORT_EXAMPLE = """Examples:
   fer data import fer2013 fer2013.csv --images-dir fer2013_png
 
   fer data import folder my_faces/
+
+  fer data import ferplus ~/datasets/ferplus --rename-split valid=test   # report on valid, select on a holdout
 """
 INFO_EXAMPLE = """Examples:
 
@@ -45,6 +47,7 @@ def import_(
     images: Optional[str] = typer.Option(None, "--images", help="rafdb: aligned, original or auto."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="fer2013: where to write the PNG images."),
     allow_missing: Optional[bool] = typer.Option(None, "--allow-missing", help="Drop rows whose image is absent instead of failing."),
+    rename_split: Optional[str] = typer.Option(None, "--rename-split", help="OLD=NEW\[,...]: e.g. valid=test keeps FERPlus valid out of model selection (train with --val-fraction)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[import] table of these options."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -56,7 +59,8 @@ def import_(
     ws = st.workspace
     cfg = build_config(
         ImportConfig, "import",
-        dict(format=format, src=src, out=out, classes=classes, images=images, images_dir=images_dir, allow_missing=allow_missing),
+        dict(format=format, src=src, out=out, classes=classes, images=images, images_dir=images_dir, allow_missing=allow_missing,
+             rename_splits=rename_split),
         workspace=ws, config_file=config,
     )
     result = run_import(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]))

@@ -36,6 +36,7 @@ OPTIONS: dict[str, tuple[Any, Any, bool]] = {
     "lr_gamma": (float, typer.Option(None, "--lr-gamma", help="Step decay factor (0.1)."), True),
     "balanced": (bool, typer.Option(None, "--balanced/--no-balanced", help="Class-balanced sampling."), True),
     "flip": (float, typer.Option(None, "--flip", help="Horizontal flip probability (0.5)."), True),
+    "shift": (float, typer.Option(None, "--shift", help="Random translation up to this fraction of the input size (0: off, as in the paper)."), True),
     "loss": (str, typer.Option(None, "--loss", help="combo (eq. 6) or ce, on the single labels."), False),
     "alpha": (float, typer.Option(None, "--alpha", help="Combo loss: weight of the weighted CE vs Dice (0.5)."), False),
     "beta": (float, typer.Option(None, "--beta", help="Combo loss: FP/FN balance (0.2; 0.6 for AffectNet)."), False),

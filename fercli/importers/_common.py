@@ -31,6 +31,7 @@ class ImportConfig:
     images: str = "auto"  # rafdb: aligned | original | auto
     images_dir: Path | None = None  # fer2013: where the PNGs are written (default: beside the manifest)
     allow_missing: bool = False  # drop rows whose image is absent instead of failing
+    rename_splits: str | None = None  # "valid=test[,...]": e.g. keep FERPlus valid untouched for the final report
 
 
 @dataclass
