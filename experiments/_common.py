@@ -16,6 +16,7 @@ module runs it:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ def fer(*args: Any, logfile: Path | None = None) -> Any:
     with open(logfile, "a") as err:
         err.write(f"\n$ {' '.join(cmd)}\n")
         err.flush()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=WS)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=WS, check=False)
     if proc.returncode != 0:
         tail = logfile.read_text().splitlines()[-5:]
         raise RuntimeError(f"fer {' '.join(map(str, args[:2]))} failed ({proc.returncode}); see {logfile}:\n" + "\n".join(tail))
@@ -77,6 +78,41 @@ def write_result(path: Path, data: dict[str, Any]) -> None:
 
 def read_result(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def exclusive(name: str, poll: float = 20.0) -> Iterator[None]:
+    """Hold ``WS/locks/<name>.lock`` while a run trains, so two scripts started side by side (the
+    ablation and the beta sweep share runs) never train the same run twice; a waiting script polls
+    until the holder is gone, then re-checks for the result. A lock left by a dead process is taken over.
+    """
+    lock = WS / "locks" / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                pass
+            if not waited:
+                log.info("%s: another process (pid %d) is running it; waiting", name, pid)
+                waited = True
+            time.sleep(poll)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def ensure_dataset() -> None:
@@ -106,9 +142,12 @@ def evaluate(model: Path, out: Path, logfile: Path) -> dict[str, Any]:
 def train_run(exp: str, name: str, seed: int, train_args: Sequence[Any]) -> dict[str, Any]:
     """Train (or resume, or skip) one student run of the protocol and evaluate it; returns its result."""
     dest = RESULTS / exp / f"{name}.json"
-    done = read_result(dest)
-    if done is not None:
-        return done
+    with exclusive(f"{exp}-{name}"):
+        done = read_result(dest)
+        return done if done is not None else _train_run(exp, name, seed, train_args, dest)
+
+
+def _train_run(exp: str, name: str, seed: int, train_args: Sequence[Any], dest: Path) -> dict[str, Any]:
     run_dir = WS / "runs" / exp / name
     logfile = WS / "logs" / exp / f"{name}.log"
     args = ["train", MANIFEST8, "--config", PROTOCOL, "--seed", seed, "--out", run_dir, *train_args, "--json"]
@@ -135,6 +174,11 @@ def train_run(exp: str, name: str, seed: int, train_args: Sequence[Any]) -> dict
 
 def teacher() -> dict[str, Any]:
     """The ResNet-18 teacher of the protocol and its label distributions (shared by all experiments)."""
+    with exclusive("teacher"):
+        return _teacher()
+
+
+def _teacher() -> dict[str, Any]:
     dest = RESULTS / "teacher.json"
     done = read_result(dest)
     if done is not None and LABELS.is_file():

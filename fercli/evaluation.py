@@ -21,7 +21,7 @@ from fercli.data import batches, cache_dir_for, load_batches, make_split, normal
 from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, atomic_write_json, atomic_write_text
-from fercli.inference import Classifier, class_mapping
+from fercli.inference import Classifier, class_mapping, resolve_model
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, make_provenance, now_iso, read_manifest
 from fercli.workspace import Artifact, Workspace
@@ -136,7 +136,7 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
         raise FerError(f"--tta must be none or flip, got {cfg.tta!r}")
     # A model may be scored on any dataset (cross-dataset evaluation), so the two are resolved
     # separately rather than checked against each other's provenance; classes are checked below.
-    inputs = {"model": ws.resolve("student", cfg.model), "dataset": ws.resolve("dataset", cfg.manifest)}
+    inputs = {"model": resolve_model(ws, cfg.model), "dataset": ws.resolve("dataset", cfg.manifest)}
     if on_inputs is not None:
         on_inputs(inputs)
     device = resolve_device(cfg.device)

@@ -18,9 +18,42 @@ import torch
 
 from fercli.errors import FerError
 from fercli.fileio import sha256_file
+from fercli.schema import read_artifact_meta
 from fercli.transforms import Preprocess, preset_from_meta
+from fercli.workspace import Artifact, Workspace
 
 EXPORT_SUFFIXES = (".onnx", ".torchscript", ".ts")
+BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "ferplus8_lfer_ldl_fp16.pt"
+BUNDLED_ENV = "FER_BUNDLED_MODEL"  # another file to use instead, or "none" to never fall back to one
+
+
+def bundled_model() -> Path | None:
+    """The packaged default model (docs/MODEL_CARD.md), or ``$FER_BUNDLED_MODEL``; None if absent or disabled."""
+    env = os.environ.get(BUNDLED_ENV)
+    if env is not None and env.strip().lower() in ("", "none", "0", "off"):
+        return None
+    path = Path(env) if env else BUNDLED_MODEL
+    return path if path.is_file() else None
+
+
+def bundled_status() -> str:
+    """Why there is (or is not) a bundled model, for messages."""
+    env = os.environ.get(BUNDLED_ENV)
+    path = bundled_model()
+    if path is not None:
+        return str(path)
+    if env is not None and not env.strip() or (env or "").strip().lower() in ("none", "0", "off"):
+        return f"${BUNDLED_ENV} is {env!r}"
+    return f"{env or BUNDLED_MODEL} is missing"
+
+
+def resolve_model(ws: Workspace, explicit: str | os.PathLike[str] | None = None) -> Artifact:
+    """The model `fer eval` and `fer predict` use: ``explicit`` (--model) if given, else the
+    workspace's student, else the bundled FERPlus model, so a bare install can predict offline."""
+    bundled = bundled_model()
+    if explicit is not None or ws.current_path("student") is not None or bundled is None:
+        return ws.resolve("student", explicit)
+    return Artifact("student", bundled, read_artifact_meta(bundled), implicit=False, bundled=True)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
 from fercli.importers._common import is_image
-from fercli.inference import Classifier
+from fercli.inference import Classifier, bundled_status, resolve_model
 from fercli.progress import Track, no_track
 from fercli.transforms import to_rgb_uint8
 from fercli.workspace import Artifact, Workspace
@@ -189,11 +189,11 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
         raise FerError(f"--faces must be all, largest or best, got {cfg.faces!r}")
     check_geometry(cfg.size, cfg.margin)
     try:
-        model_art = ws.resolve("student", cfg.model)
+        model_art = resolve_model(ws, cfg.model)
     except FerError as exc:
         if cfg.model is None:
             raise FerError("no model: pass --model CKPT (a checkpoint or an export), or train one in this workspace "
-                           "with `fer train`") from exc
+                           f"with `fer train` (no bundled model either: {bundled_status()})") from exc
         raise
     if on_model is not None:
         on_model(model_art)

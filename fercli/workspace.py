@@ -64,6 +64,12 @@ class Artifact:
     path: Path
     meta: dict[str, Any]
     implicit: bool = False
+    bundled: bool = False  # the model shipped inside the package (fercli.inference.bundled_model)
+
+    @property
+    def origin(self) -> str:
+        """Where it came from, as the CLI says it: workspace, given or bundled."""
+        return "bundled" if self.bundled else "workspace" if self.implicit else "given"
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -110,3 +110,36 @@ def test_export_table_output(runner, workspace, student):
     assert res.exit_code == 0, res.output
     assert "parity vs eager" in res.stdout and "neutral" in res.stdout
     assert (workspace / "deploy" / "lfer.onnx.json").is_file()
+
+
+def test_half_checkpoint_export_loads_safely_and_keeps_predictions(runner, workspace, student):
+    res = runner.invoke(app, ["export", "--format", "checkpoint", "--half", "--out", "slim.pt", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    slim = workspace / "slim.pt"
+    assert out["format"] == "checkpoint" and 0 < out["max_abs_diff"] <= 5e-2
+    assert slim.stat().st_size < 0.6 * student.stat().st_size  # float16 halves the weights
+    ckpt = torch.load(slim, map_location="cpu", weights_only=True)
+    assert ckpt["weights_dtype"] == "float16" and "train_state" not in ckpt
+    floats = [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert ckpt["provenance"]["kind"] == "export" and ckpt["classes"] == list(CLASSES_7)
+    # fercli loads it like any checkpoint, computing in float32, with the same top-1 on real-looking input
+    half, _ = model_from_checkpoint(slim)
+    full, _ = model_from_checkpoint(student)
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    x = torch.randn(16, 3, 64, 64)
+    with torch.no_grad():
+        a, b = full(x), half(x)
+    assert (a - b).abs().max() < 5e-2 and torch.equal(a.argmax(1), b.argmax(1))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "onnx", "--half"], "--half applies to --format checkpoint only"),
+    (["--format", "checkpoint", "--out", "slim.onnx"], "must be named *.pt"),
+    (["--format", "checkpoint", "--out", "student/best.pt"], "would overwrite the checkpoint"),
+])
+def test_checkpoint_export_refuses(runner, workspace, student, args, message):
+    res = runner.invoke(app, ["export", *args])
+    assert res.exit_code == 1 and message in res.stderr
+    assert not (workspace / "slim.onnx").exists()

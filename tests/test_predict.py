@@ -114,7 +114,8 @@ def test_video_and_no_detect_csv(runner, workspace: Path, model: Path):
     assert np.allclose(probs.sum(1), 1.0, atol=1e-4)
 
 
-def test_no_model_outside_a_workspace(runner, workspace: Path):
+def test_no_model_outside_a_workspace(runner, workspace: Path, monkeypatch):
+    monkeypatch.setenv("FER_BUNDLED_MODEL", "none")  # otherwise the bundled FERPlus model answers
     cv2.imwrite(str(workspace / "face.png"), np.zeros((48, 48, 3), np.uint8))
     res = runner.invoke(app, ["predict", "face.png", "--no-detect"])
     assert res.exit_code == 1 and "no model: pass --model" in res.stderr

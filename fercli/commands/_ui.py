@@ -70,8 +70,7 @@ def say(ctx: typer.Context, message: str) -> None:
 
 def using(ctx: typer.Context, ws: Workspace, art: Artifact) -> None:
     """Tell the user which artifact a stage resolved, and from where."""
-    origin = "workspace" if art.implicit else "given"
-    say(ctx, f"[dim]using {art.kind} ({origin}):[/] {ws.describe(art)}")
+    say(ctx, f"[dim]using {art.kind} ({art.origin}):[/] {ws.describe(art)}")
 
 
 def announcer(ctx: typer.Context, ws: Workspace) -> Callable[[dict[str, Artifact]], None]:

@@ -47,7 +47,7 @@ def import_(
     images: Optional[str] = typer.Option(None, "--images", help="rafdb: aligned, original or auto."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="fer2013: where to write the PNG images."),
     allow_missing: Optional[bool] = typer.Option(None, "--allow-missing", help="Drop rows whose image is absent instead of failing."),
-    rename_split: Optional[str] = typer.Option(None, "--rename-split", help="OLD=NEW\[,...]: e.g. valid=test keeps FERPlus valid out of model selection (train with --val-fraction)."),
+    rename_split: Optional[str] = typer.Option(None, "--rename-split", help="OLD=NEW\\[,...]: e.g. valid=test keeps FERPlus valid out of model selection (train with --val-fraction)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[import] table of these options."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

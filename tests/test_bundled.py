@@ -1,0 +1,92 @@
+"""The bundled FERPlus model: what `fer predict` and `fer eval` use when nothing else is given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fercli.checkpoint import make_checkpoint, save_checkpoint
+from fercli.classes import CLASSES_7, CLASSES_8
+from fercli.cli import app
+from fercli.inference import BUNDLED_ENV, BUNDLED_MODEL, resolve_model
+from fercli.models import create_model, model_args
+from fercli.workspace import Workspace
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("shufflenet_v2", 7).eval()
+    return save_checkpoint(path, make_checkpoint(model, "shufflenet_v2", model_args("shufflenet_v2", 7), CLASSES_7, 48))
+
+
+def test_resolution_order_given_then_workspace_then_bundled(workspace: Path, tmp_path: Path, monkeypatch):
+    bundled = _checkpoint(tmp_path / "bundled.pt")
+    monkeypatch.setenv(BUNDLED_ENV, str(bundled))
+    ws = Workspace(workspace)
+    art = resolve_model(ws)
+    assert art.path == bundled and art.bundled and art.origin == "bundled"
+    own = _checkpoint(workspace / "student" / "best.pt")
+    assert resolve_model(ws).path == own and resolve_model(ws).origin == "workspace"
+    other = _checkpoint(tmp_path / "other.pt")
+    assert resolve_model(ws, other).path == other and resolve_model(ws, other).origin == "given"
+
+
+def test_predict_falls_back_to_the_bundled_model_and_says_so(runner, workspace: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv(BUNDLED_ENV, str(_checkpoint(tmp_path / "bundled.pt")))
+    cv2.imwrite(str(workspace / "face.png"), np.full((48, 48, 3), 128, np.uint8))
+    res = runner.invoke(app, ["predict", "face.png", "--no-detect", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "using student (bundled)" in res.stderr
+    monkeypatch.setenv(BUNDLED_ENV, "none")
+    res = runner.invoke(app, ["predict", "face.png", "--no-detect"])
+    assert res.exit_code == 1 and "no bundled model either" in res.stderr
+
+
+# ---- the model shipped in the package ---------------------------------------------------------
+@pytest.fixture
+def shipped(monkeypatch) -> Path:
+    monkeypatch.delenv(BUNDLED_ENV, raising=False)
+    assert BUNDLED_MODEL.is_file(), f"{BUNDLED_MODEL} is missing from the package"
+    return BUNDLED_MODEL
+
+
+def test_shipped_model_is_small_safe_and_self_describing(shipped: Path):
+    assert shipped.stat().st_size < 3_000_000
+    ckpt = torch.load(shipped, map_location="cpu", weights_only=True)
+    assert ckpt["arch"] == "lfer" and ckpt["classes"] == list(CLASSES_8) and ckpt["weights_dtype"] == "float16"
+    card = ckpt["metrics"]["model_card"]
+    assert 0.5 < card["ferplus_valid_8"]["accuracy"] <= 1 and card["ferplus_valid_8"]["images"] == 3191
+    assert ckpt["config"]["targets"] == "teacher" and ckpt["config"]["arch"] == "lfer"
+
+
+@pytest.mark.shared
+def test_shipped_model_predicts_a_ferplus_face_without_model_option(runner, workspace: Path, ferplus_dir: Path,
+                                                                     shipped: Path):
+    img = next(iter(sorted((ferplus_dir / "FER2013Valid").glob("*.png"))))
+    res = runner.invoke(app, ["predict", str(img), "--no-detect", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "using student (bundled)" in res.stderr
+    out = json.loads(res.stdout)
+    row = out[0] if isinstance(out, list) else out
+    assert json.dumps(row).count("happiness") >= 1
+
+
+@pytest.mark.shared
+def test_shipped_model_card_accuracy_is_reproduced_by_fer_eval(runner, workspace: Path, ferplus_dir: Path,
+                                                               shipped: Path):
+    card = torch.load(shipped, map_location="cpu", weights_only=True)["metrics"]["model_card"]
+    res = runner.invoke(app, ["data", "import", "ferplus", str(ferplus_dir)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", "--split", "valid", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert "using student (bundled)" in res.stderr
+    assert report["images"] == card["ferplus_valid_8"]["images"]
+    assert report["accuracy"] == pytest.approx(card["ferplus_valid_8"]["accuracy"], abs=1e-4)
