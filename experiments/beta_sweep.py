@@ -6,12 +6,10 @@ one seed (--betas changes it). beta 0.2 is the ablation's lfer_ldl-s0 run, reuse
 
     python experiments/beta_sweep.py [--jobs 2] [--betas 0,0.2,0.4,0.6,0.8,1]
 
-Results: experiments/results/beta/beta-<b>.json, summary in beta_sweep.json, plot docs/img/beta_sweep.png.
+Results: experiments/results/beta/beta-<b>.json, summary in beta_sweep.json (report.py plots it).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import _common as c
 from ablation import VARIANTS
@@ -24,28 +22,6 @@ def run_beta(beta: float) -> dict:
     if beta == 0.2:  # the protocol's own beta: this is exactly the ablation's run
         return c.train_run("ablation", f"lfer_ldl-s{SEED}", SEED, VARIANTS["lfer_ldl"])
     return c.train_run("beta", f"beta-{beta:.1f}", SEED, [*VARIANTS["lfer_ldl"], "--beta", beta])
-
-
-def plot(rows: list[dict], dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    b = [r["beta"] for r in rows]
-    ax.plot(b, [100 * r["valid8"] for r in rows], "o-", label="FERPlus valid, 8 classes")
-    ax.plot(b, [100 * r["valid7"] for r in rows], "s--", label="FERPlus valid, 7 classes")
-    ax.plot(b, [100 * r["mean_class8"] for r in rows], "^:", label="mean per-class acc, 8 classes")
-    ax.set(xlabel="beta (combo loss)", ylabel="accuracy (%)", title="lfer + teacher LDL, seed 0")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(dest)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -65,8 +41,6 @@ def main() -> None:
              "holdout": done[f"beta={b}"]["train"]["best_val_acc"]}
             for b in betas if f"beta={b}" in done]
     c.write_result(c.RESULTS / "beta_sweep.json", {"experiment": "beta_sweep", "seed": SEED, "rows": rows})
-    if rows:
-        plot(rows, c.ROOT / "docs" / "img" / "beta_sweep.png")
     for r in rows:
         c.log.info("beta %.1f: valid8 %.4f valid7 %.4f", r["beta"], r["valid8"], r["valid7"])
 

@@ -1,0 +1,56 @@
+"""Ship the result: the best FERPlus LFER-LDL student becomes fercli's bundled default model.
+
+The candidate runs are the ablation's ``lfer_ldl`` seeds; the one with the best *holdout* accuracy
+is chosen (FERPlus valid, the report split, plays no part in the choice). It is exported with
+``fer export --format checkpoint --half`` (float16 weights, no optimiser state), scored on FERPlus
+valid with ``fer eval`` (8 and 7 classes), and copied to fercli/weights/. docs/MODEL_CARD.md quotes
+experiments/results/bundled.json, which this writes.
+
+    python experiments/bundle.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import _common as c
+
+from fercli.inference import BUNDLED_MODEL
+
+
+def main() -> None:
+    c.parser(__doc__).parse_args()
+    c.setup_logging()
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted((c.RESULTS / "ablation").glob("lfer_ldl-s*.json"))}
+    if not runs:
+        raise SystemExit("no finished lfer_ldl runs: run experiments/ablation.py first")
+    name = max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])
+    source = c.WS / "runs" / "ablation" / name / "best.pt"
+    out = c.WS / "bundle" / BUNDLED_MODEL.name
+    logfile = c.WS / "logs" / "bundle.log"
+    export = c.fer("export", source, "--format", "checkpoint", "--half", "--out", out, "--json", logfile=logfile)
+    scores = c.evaluate(out, out.parent, logfile)
+    BUNDLED_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    tmp = BUNDLED_MODEL.with_name(BUNDLED_MODEL.name + ".tmp")
+    shutil.copyfile(out, tmp)
+    tmp.replace(BUNDLED_MODEL)
+    data = BUNDLED_MODEL.read_bytes()
+    result = {
+        "file": BUNDLED_MODEL.relative_to(c.ROOT).as_posix(), "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(), "source_run": f"ablation/{name}",
+        "candidates_holdout": {k: r["train"]["best_val_acc"] for k, r in runs.items()},
+        "source_ferplus_valid_8": runs[name]["ferplus_valid_8"]["accuracy"],
+        "export": {k: export[k] for k in ("format", "max_abs_diff", "parity")},
+        "commands": [f"fer export {source.relative_to(c.WS)} --format checkpoint --half --out {out.relative_to(c.WS)}",
+                     "fer eval data/ferplus8.parquet --model bundle/... --split test (and ferplus7 with --map)"],
+        **scores,
+    }
+    c.write_result(c.RESULTS / "bundled.json", result)
+    c.log.info("bundled %s from %s: FERPlus valid %.4f (8), %.4f (7); %.2f MB", result["file"], name,
+               scores["ferplus_valid_8"]["accuracy"], scores["ferplus_valid_7"]["accuracy"], len(data) / 1e6)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Turn the committed result JSONs into docs/RESULTS.md's tables and docs/img/ plots.
+
+Every number in the generated blocks of docs/RESULTS.md and docs/MODEL_CARD.md (between ``<!-- BEGIN name -->`` and
+``<!-- END name -->``) comes from experiments/results/; the prose around them is written by hand.
+Runs still missing are listed as such, never filled in.
+
+    python experiments/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import _common as c
+
+DOC = c.ROOT / "docs" / "RESULTS.md"
+CARD = c.ROOT / "docs" / "MODEL_CARD.md"
+IMG = c.ROOT / "docs" / "img"
+VARIANT_NOTES = {
+    "shufflenet_v2": "ShuffleNetV2 1.0x baseline",
+    "lfer_head": "+ Mish depthwise-separable output module",
+    "lfer": "+ Conv1 width 29 and PDWRes (the paper's student)",
+    "lfer_ldl": "+ KL to the ResNet-18 teacher's distributions (LFER-LDL)",
+    "lfer_votes": "+ KL to the FERPlus crowd-vote distributions instead",
+}
+
+
+def load_dir(exp: str) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((c.RESULTS / exp).glob("*.json"))}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def pm(values: list[float]) -> str:
+    m, sd = c.mean_std(values)
+    return f"{100 * m:.2f} ± {100 * sd:.2f}" if len(values) > 1 else f"{100 * m:.2f}"
+
+
+def cost_table() -> dict[str, dict]:
+    from fercli.bench import count_cost
+    from fercli.models import create_model
+
+    return {arch: count_cost(create_model(arch, 8), 64) for arch in ("shufflenet_v2", "lfer_head", "lfer")}
+
+
+def ablation_block(runs: dict[str, dict]) -> tuple[str, dict]:
+    costs = cost_table()
+    lines = [("| variant | what changes | params | MACs at 64 | seeds | FERPlus valid, 8 cl. (%) | 7 cl. (%) | "
+             "mean-class, 8 cl. (%) | holdout (%) | CPU h |"),
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    by_variant: dict[str, list[dict]] = {}
+    for name, r in runs.items():
+        by_variant.setdefault(name.rsplit("-s", 1)[0], []).append(r)
+    for v, note in VARIANT_NOTES.items():
+        rs = by_variant.get(v, [])
+        cost = costs.get(v, costs["lfer"])  # the LDL variants are lfer networks
+        if not rs:
+            lines.append(f"| `{v}` | {note} | {cost['params']:,} | {cost['macs'] / 1e6:.2f}M | not run yet | | | | | |")
+            continue
+        lines.append(
+            f"| `{v}` | {note} | {cost['params']:,} | {cost['macs'] / 1e6:.2f}M | {', '.join(str(r['seed']) for r in rs)} | "
+            f"{pm([r['ferplus_valid_8']['accuracy'] for r in rs])} | {pm([r['ferplus_valid_7']['accuracy'] for r in rs])} | "
+            f"{pm([r['ferplus_valid_8']['mean_class_accuracy'] for r in rs])} | "
+            f"{pm([r['train']['best_val_acc'] for r in rs])} | {sum(r['train_seconds'] for r in rs) / 3600:.2f} |")
+    lines.append("")
+    lines.append("Mean ± sample standard deviation over the seeds listed; one seed has no spread. Accuracy on the "
+                 "3,191 labelled FERPlus valid images (8 classes; 7 classes: the 3,175 without contempt, scored "
+                 "over the 7 outputs), measured once at the end with the checkpoint chosen on the holdout. "
+                 "CPU h: training time (one core per run).")
+    base, ldl = by_variant.get("shufflenet_v2", []), by_variant.get("lfer_ldl", [])
+    diff = {}
+    if base and ldl:
+        b = {r["seed"]: r["ferplus_valid_8"]["accuracy"] for r in base}
+        l_ = {r["seed"]: r["ferplus_valid_8"]["accuracy"] for r in ldl}
+        mb, sb = c.mean_std(list(b.values()))
+        ml, sl = c.mean_std(list(l_.values()))
+        paired = [l_[s] - b[s] for s in sorted(set(b) & set(l_))]
+        mp, sp = c.mean_std(paired) if paired else (float("nan"), float("nan"))
+        diff = {"mean_diff": ml - mb, "baseline_std": sb, "ldl_std": sl, "paired": paired, "paired_mean": mp,
+                "paired_std": sp}
+        lines += ["", f"**LFER-LDL vs the ShuffleNetV2 baseline** (8 classes): {100 * (ml - mb):+.2f} points "
+                  f"(means {pct(ml)} vs {pct(mb)}; seed spreads ± {100 * sl:.2f} and ± {100 * sb:.2f}). "
+                  "Per seed (same seed = same holdout split and order): "
+                  + ", ".join(f"{100 * d:+.2f}" for d in paired)
+                  + (f" (mean {100 * mp:+.2f} ± {100 * sp:.2f})." if len(paired) > 1 else ".")]
+    return "\n".join(lines), diff
+
+
+def beta_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
+    rows = []
+    if "lfer_ldl-s0" in ablation:
+        rows.append((0.2, ablation["lfer_ldl-s0"]))
+    rows += [(float(k.split("-")[1]), r) for k, r in runs.items()]
+    rows.sort(key=lambda t: t[0])
+    if not rows:
+        return "_No beta runs yet._"
+    lines = ["| beta | FERPlus valid, 8 cl. (%) | 7 cl. (%) | mean-class, 8 cl. (%) | macro-F1, 8 cl. (%) | holdout (%) | run |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
+    for b, r in rows:
+        e8, e7 = r["ferplus_valid_8"], r["ferplus_valid_7"]
+        lines.append(f"| {b:.1f} | {pct(e8['accuracy'])} | {pct(e7['accuracy'])} | {pct(e8['mean_class_accuracy'])} | "
+                     f"{pct(e8['macro_f1'])} | {pct(r['train']['best_val_acc'])} | `{r['experiment']}/{r['run']}` |")
+    plot_beta(rows, IMG / "beta_sweep.png")
+    lines += ["", "![beta sweep](img/beta_sweep.png)"]
+    return "\n".join(lines)
+
+
+def plot_beta(rows: list[tuple[float, dict]], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    b = [x for x, _ in rows]
+    for key, label, style in (("accuracy", "accuracy", "o-"), ("mean_class_accuracy", "mean per-class accuracy", "^:"),
+                              ("macro_f1", "macro F1", "s--")):
+        ax.plot(b, [100 * r["ferplus_valid_8"][key] for _, r in rows], style, label=label)
+    ax.set(xlabel="beta (combo loss, eq. 6)", ylabel="%", title="LFER-LDL on FERPlus valid (8 classes), seed 0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, dest)
+
+
+def save(fig, dest: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(dest)
+    plt.close(fig)
+
+
+def curves_plot(runs: dict[str, dict], teacher: dict | None, dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, r in runs.items():
+        if name.endswith("-s0"):
+            h = r["train"]["history"]
+            ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], label=name[:-3])
+    if teacher:
+        h = teacher["train"]["history"]
+        ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], "k--", label="teacher (resnet18)")
+    ax.set(xlabel="epoch", ylabel="holdout accuracy (%)", title="Learning curves, seed 0 (10% of FERPlus train held out)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, dest)
+
+
+def teacher_block(t: dict | None) -> str:
+    if not t:
+        return "_Teacher not trained yet._"
+    q = t["gen_labels"]
+    return "\n".join([
+        "| teacher | epochs | holdout (%) | FERPlus valid, 8 cl. (%) | 7 cl. (%) | CPU h | distributions: agreement with labels | mean max prob |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        (f"| ResNet-18 | {t['train']['epochs_run']} (best {t['train']['best_epoch']}) | {pct(t['train']['best_val_acc'])} | "
+        f"{pct(t['ferplus_valid_8']['accuracy'])} | {pct(t['ferplus_valid_7']['accuracy'])} | {t['train_seconds'] / 3600:.2f} | "
+        f"{pct(q['agreement'])} | {q['mean_max_prob']:.3f} |")])
+
+
+def dist_block(d: dict | None) -> str:
+    if not d:
+        return "_Not run yet._"
+    lines = [(f"Over the {d['images']:,} labelled training images ({d['held_out_by_teacher']:,} of them held out "
+             "by the teacher for model selection, so never fitted)."), "",
+             "| distribution q | mean KL(votes ‖ q) | top-1 = vote majority (%) | mean entropy (nats) | mean max prob |",
+             "|---|---:|---:|---:|---:|"]
+    for name, r in d["rows"].items():
+        kl = "∞" if r["mean_kl"] == float("inf") else f"{r['mean_kl']:.4f}"
+        if r["mean_kl"] == float("inf"):
+            kl += f" ({100 * r['infinite_kl_fraction']:.1f}% of images infinite)"
+        lines.append(f"| {name} | {kl} | {pct(r['top1_agreement'])} | {r['mean_entropy']:.3f} | {r['mean_max_prob']:.3f} |")
+        for part, label in (("fitted_images", "fitted"), ("held_out_images", "held out")):
+            if part in r:
+                p = r[part]
+                lines.append(f"| &nbsp;&nbsp;{name}, {label} images ({p['images']:,}) | {p['mean_kl']:.4f} | "
+                             f"{pct(p['top1_agreement'])} | {p['mean_entropy']:.3f} | {p['mean_max_prob']:.3f} |")
+    return "\n".join(lines)
+
+
+def bundled_block(b: dict | None) -> str:
+    if not b:
+        return "_No bundled model yet._"
+    e8, e7 = b["ferplus_valid_8"], b["ferplus_valid_7"]
+    return "\n".join([
+        (f"`{b['file']}` ({b['bytes'] / 1e6:.2f} MB, float16 weights), exported from `{b['source_run']}` "
+        f"(chosen by holdout accuracy among the LDL runs; FERPlus valid was not looked at to choose it)."), "",
+        "| model | FERPlus valid, 8 cl. (%) | 7 cl. (%) | mean-class, 8 cl. (%) | macro-F1, 8 cl. (%) | KL(votes ‖ prediction) |",
+        "|---|---:|---:|---:|---:|---:|",
+        (f"| bundled (fp16) | {pct(e8['accuracy'])} | {pct(e7['accuracy'])} | {pct(e8['mean_class_accuracy'])} | "
+        f"{pct(e8['macro_f1'])} | {e8['votes']['mean_kl_votes_pred']:.4f} |"),
+        "", "![confusion matrix](img/ferplus_confusion.png)"])
+
+
+def card_block(b: dict | None) -> str:
+    if not b:
+        return "_No bundled model yet._"
+    e8, e7 = b["ferplus_valid_8"], b["ferplus_valid_7"]
+    lines = [(f"Overall: **{pct(e8['accuracy'])}%** on 8 classes ({e8['images']:,} images), {pct(e7['accuracy'])}% on 7 "
+             f"(contempt images left out, {e7['images']:,}); mean per-class accuracy {pct(e8['mean_class_accuracy'])}%, "
+             f"macro-F1 {pct(e8['macro_f1'])}%; mean KL(crowd votes ‖ prediction) {e8['votes']['mean_kl_votes_pred']:.3f}."),
+             "", "| class | images | recall (%) | precision (%) | F1 (%) |", "|---|---:|---:|---:|---:|"]
+    for name in e8["classes"]:
+        p = e8["per_class"][name]
+        lines.append(f"| {name} | {p['support']} | {pct(p['recall'])} | {pct(p['precision'])} | {pct(p['f1'])} |")
+    lines += ["", (f"File: {b['bytes'] / 1e6:.2f} MB, sha256 `{b['sha256'][:16]}...`, from `{b['source_run']}`; "
+              f"float16 export parity: max abs logit difference {b['export']['max_abs_diff']:.1e} on random inputs.")]
+    return "\n".join(lines)
+
+
+def hours_block(all_runs: list[dict], teacher: dict | None) -> str:
+    train = sum(r["train_seconds"] for r in all_runs) + (teacher["train_seconds"] if teacher else 0)
+    return (f"Training time of everything above: {train / 3600:.2f} CPU-hours (one core per run, {len(all_runs)} "
+            f"student runs{' and the teacher' if teacher else ''}), summed from the runs' own epoch timings; "
+            "evaluation and label generation add a few minutes.")
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"no {begin} ... {end} block in the document")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def write_doc(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    c.parser(__doc__).parse_args()
+    ablation = load_dir("ablation")
+    beta = load_dir("beta")
+    teacher = c.read_result(c.RESULTS / "teacher.json")
+    dist = c.read_result(c.RESULTS / "dist_quality.json")
+    bundled = c.read_result(c.RESULTS / "bundled.json")
+    table, diff = ablation_block(ablation)
+    if ablation or teacher:
+        curves_plot(ablation, teacher, IMG / "ferplus_curves.png")
+    if bundled:
+        import numpy as np
+
+        from fercli.evaluation import plot_confusion
+
+        e8 = bundled["ferplus_valid_8"]
+        plot_confusion(np.asarray(e8["confusion"]), e8["classes"],
+                       f"bundled lfer LDL on FERPlus valid (acc {e8['accuracy']:.3f})", IMG / "ferplus_confusion.png")
+    text = DOC.read_text()
+    for name, body in (("ablation", table), ("teacher", teacher_block(teacher)), ("beta", beta_block(beta, ablation)),
+                       ("dist", dist_block(dist)), ("bundled", bundled_block(bundled)),
+                       ("hours", hours_block([*ablation.values(), *beta.values()], teacher))):
+        text = replace_block(text, name, body)
+    write_doc(DOC, text)
+    write_doc(CARD, replace_block(CARD.read_text(), "card", card_block(bundled)))
+    c.write_result(c.RESULTS / "summary.json", {"ablation_ldl_vs_baseline": diff})
+    print(f"updated {DOC.relative_to(c.ROOT)} and {IMG.relative_to(c.ROOT)}/")
+
+
+if __name__ == "__main__":
+    main()
