@@ -60,8 +60,12 @@ def _card() -> dict:
 
 @pytest.fixture
 def shipped(monkeypatch) -> Path:
+    """The shipped model; it must exist whenever its card (experiments/results/bundled.json) does."""
     monkeypatch.delenv(BUNDLED_ENV, raising=False)
-    assert BUNDLED_MODEL.is_file(), f"{BUNDLED_MODEL} is missing from the package"
+    if not CARD.is_file():
+        assert not BUNDLED_MODEL.is_file(), f"{BUNDLED_MODEL} ships without its card {CARD}"
+        pytest.skip(f"no bundled model yet ({CARD} absent; experiments/bundle.py makes both)")
+    assert BUNDLED_MODEL.is_file(), f"{CARD} describes {BUNDLED_MODEL}, which is missing from the package"
     return BUNDLED_MODEL
 
 
