@@ -35,6 +35,7 @@ SECTIONS: dict[str, str] = {
     "compute": "compute",
     "detectors": "face detectors",
     "imagenet": "ImageNet weights",
+    "bundled": "bundled model",
     "workspace": "workspace",
 }
 
@@ -323,6 +324,30 @@ def check_imagenet() -> list[Check]:
     return checks
 
 
+# ---- bundled model --------------------------------------------------------------------------
+def check_bundled() -> list[Check]:
+    """The model `fer predict` / `fer eval` fall back to: present, loadable without code, which one."""
+    from fercli.inference import BUNDLED_ENV, BUNDLED_MODEL, bundled_model, bundled_status
+
+    path = bundled_model()
+    if path is None:
+        disabled = os.environ.get(BUNDLED_ENV) is not None and not Path(os.environ[BUNDLED_ENV]).is_file()
+        fix = (f"unset {BUNDLED_ENV} (or point it at a checkpoint)" if disabled
+               else f"reinstall fercli (the wheel ships {BUNDLED_MODEL.name}), or set {BUNDLED_ENV} to a checkpoint")
+        return [Check("bundled", "default model", "warning", "-", fix,
+                      f"{bundled_status()}; eval and predict then need --model or a workspace student")]
+    try:
+        from fercli.schema import read_artifact_meta
+
+        meta = read_artifact_meta(path)
+    except Exception as exc:  # a damaged file must show here, not crash the report
+        return [Check("bundled", "default model", "warning", str(path), f"reinstall fercli, or unset {BUNDLED_ENV}",
+                      f"cannot be loaded: {exc}"[:200], path=str(path))]
+    what = f"{meta.get('arch')}, {len(meta.get('classes') or [])} classes, {meta.get('input_size')}px"
+    origin = f"from ${BUNDLED_ENV}" if os.environ.get(BUNDLED_ENV) else "shipped with fercli"
+    return [Check("bundled", "default model", "ok", str(path), note=f"{what}; {origin}", path=str(path))]
+
+
 # ---- workspace ------------------------------------------------------------------------------
 def check_workspace(workspace: Workspace | None, error: str | None = None) -> list[Check]:
     """The workspace directory and its config file (parsed, so a malformed one shows here).
@@ -363,5 +388,6 @@ def diagnose(workspace: Workspace | None = None, workspace_error: str | None = N
         *check_compute(),
         *check_detectors(),
         *check_imagenet(),
+        *check_bundled(),
         *check_workspace(workspace, workspace_error),
     ])

