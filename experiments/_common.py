@@ -202,6 +202,10 @@ def _teacher() -> dict[str, Any]:
     return result
 
 
+def teacher_task() -> Task:
+    return Task("teacher", teacher)
+
+
 @dataclass
 class Task:
     """One unit of work; ``needs`` names tasks that must have finished first."""

@@ -51,19 +51,23 @@ def summarize(results: dict[str, dict]) -> dict:
     return {"experiment": "ablation", "protocol": "experiments/protocol.toml", "rows": rows}
 
 
+def tasks(seeds: int = 3) -> list[c.Task]:
+    """The teacher (LDL waits on it), then one run of each variant, then the extra seeds."""
+    out = [c.teacher_task()]
+    for variant, seed in runs(seeds):
+        name = f"{variant}-s{seed}"
+        needs = ("teacher",) if variant == "lfer_ldl" else ()
+        out.append(c.Task(name, lambda v=variant, n=name, s=seed: c.train_run("ablation", n, s, VARIANTS[v]), needs))
+    return out
+
+
 def main() -> None:
     args = c.parser(__doc__)
     args.add_argument("--seeds", type=int, default=3, help="seeds for shufflenet_v2 and lfer_ldl (default 3)")
     opts = args.parse_args()
     c.setup_logging()
     c.ensure_dataset()
-    tasks = [c.Task("teacher", c.teacher)]
-    for variant, seed in runs(opts.seeds):
-        name = f"{variant}-s{seed}"
-        needs = ("teacher",) if variant == "lfer_ldl" else ()
-        tasks.append(c.Task(name, lambda v=variant, n=name, s=seed: c.train_run("ablation", n, s, VARIANTS[v]), needs))
-    # Lane-friendly order: the teacher first (LDL waits on it), then one of each variant, then extra seeds.
-    done = c.run_tasks(tasks, opts.jobs)
+    done = c.run_tasks(tasks(opts.seeds), opts.jobs)
     results = {k: v for k, v in done.items() if k != "teacher"}
     summary = summarize(results)
     c.write_result(c.RESULTS / "ablation.json", summary)

@@ -24,16 +24,22 @@ def run_beta(beta: float) -> dict:
     return c.train_run("beta", f"beta-{beta:.1f}", SEED, [*VARIANTS["lfer_ldl"], "--beta", beta])
 
 
+def parse_betas(spec: str) -> list[float]:
+    return [round(float(b), 2) for b in spec.split(",")]
+
+
+def tasks(betas: list[float]) -> list[c.Task]:
+    return [c.Task(f"beta={b}", lambda b=b: run_beta(b), ("teacher",)) for b in betas]
+
+
 def main() -> None:
     args = c.parser(__doc__)
     args.add_argument("--betas", default=DEFAULT_BETAS, help=f"comma-separated grid (default {DEFAULT_BETAS})")
     opts = args.parse_args()
-    betas = [round(float(b), 2) for b in opts.betas.split(",")]
+    betas = parse_betas(opts.betas)
     c.setup_logging()
     c.ensure_dataset()
-    tasks = [c.Task("teacher", c.teacher)]
-    tasks += [c.Task(f"beta={b}", lambda b=b: run_beta(b), ("teacher",)) for b in betas]
-    done = c.run_tasks(tasks, opts.jobs)
+    done = c.run_tasks([c.teacher_task(), *tasks(betas)], opts.jobs)
     rows = [{"beta": b, "run": done[f"beta={b}"]["run"],
              "valid8": done[f"beta={b}"]["ferplus_valid_8"]["accuracy"],
              "valid7": done[f"beta={b}"]["ferplus_valid_7"]["accuracy"],

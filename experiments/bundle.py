@@ -20,9 +20,8 @@ import _common as c
 from fercli.inference import BUNDLED_MODEL
 
 
-def main() -> None:
-    c.parser(__doc__).parse_args()
-    c.setup_logging()
+def run() -> dict:
+    """Choose, export, score and install the bundled model; write results/bundled.json."""
     runs = {p.stem: json.loads(p.read_text()) for p in sorted((c.RESULTS / "ablation").glob("lfer_ldl-s*.json"))}
     if not runs:
         raise SystemExit("no finished lfer_ldl runs: run experiments/ablation.py first")
@@ -50,6 +49,18 @@ def main() -> None:
     c.write_result(c.RESULTS / "bundled.json", result)
     c.log.info("bundled %s from %s: FERPlus valid %.4f (8), %.4f (7); %.2f MB", result["file"], name,
                scores["ferplus_valid_8"]["accuracy"], scores["ferplus_valid_7"]["accuracy"], len(data) / 1e6)
+    return result
+
+
+def task(after: list[str]) -> c.Task:
+    """Bundling once the runs named in ``after`` (the LDL candidates) are done."""
+    return c.Task("bundle", run, tuple(after))
+
+
+def main() -> None:
+    c.parser(__doc__).parse_args()
+    c.setup_logging()
+    run()
 
 
 if __name__ == "__main__":

@@ -45,11 +45,8 @@ def stats(votes: np.ndarray, q: np.ndarray) -> dict:
             "mean_entropy": float(ent.mean()), "mean_max_prob": float(q.max(1).mean())}
 
 
-def main() -> None:
-    args = c.parser(__doc__)
-    args.parse_args()
-    c.setup_logging()
-    c.ensure_dataset()
+def run() -> dict:
+    """Compute and write results/dist_quality.json (labels at T = 2 are generated once)."""
     teacher = c.teacher()
     with c.exclusive("labels-T2"):
         if not LABELS_T2.is_file():
@@ -89,6 +86,18 @@ def main() -> None:
     c.write_result(c.RESULTS / "dist_quality.json", result)
     for name, r in rows.items():
         c.log.info("%-28s KL %.4f  top-1 %.4f  entropy %.3f", name, r["mean_kl"], r["top1_agreement"], r["mean_entropy"])
+    return result
+
+
+def task() -> c.Task:
+    return c.Task("dist_quality", run, ("teacher",))
+
+
+def main() -> None:
+    c.parser(__doc__).parse_args()
+    c.setup_logging()
+    c.ensure_dataset()
+    run()
 
 
 if __name__ == "__main__":
