@@ -157,6 +157,48 @@ def curves_plot(runs: dict[str, dict], teacher: dict | None, dest: Path) -> None
     save(fig, dest)
 
 
+def budget_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
+    lines = ["| variant | epochs | FERPlus valid, 8 cl. (%) | 7 cl. (%) | mean-class, 8 cl. (%) | holdout (%) | train acc, last epoch (%) | CPU h | run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    pairs = []
+    for v in ("shufflenet_v2", "lfer_ldl"):
+        short = ablation.get(f"{v}-s0")
+        longs = sorted((r for k, r in runs.items() if k.startswith(f"{v}-e")), key=lambda r: r["train"]["epochs_run"])
+        for r in ([short] if short else []) + longs:
+            e8 = r["ferplus_valid_8"]
+            lines.append(f"| `{v}` | {r['train']['epochs_run']} | {pct(e8['accuracy'])} | {pct(r['ferplus_valid_7']['accuracy'])} | "
+                         f"{pct(e8['mean_class_accuracy'])} | {pct(r['train']['best_val_acc'])} | "
+                         f"{pct(r['train']['history'][-1]['train_acc'])} | {r['train_seconds'] / 3600:.2f} | "
+                         f"`{r['experiment']}/{r['run']}` |")
+            pairs.append((v, r))
+    if not runs:
+        lines.append("| _the 60-epoch runs_ | | not run yet | | | | | | |")
+    else:
+        plot_budget(pairs, IMG / "ferplus_budget.png")
+        lines += ["", "![budget](img/ferplus_budget.png)"]
+    return "\n".join(lines)
+
+
+def plot_budget(pairs: list[tuple[str, dict]], dest: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for v, r in pairs:
+        h = r["train"]["history"]
+        style = "-" if v == "lfer_ldl" else "--"
+        ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], style,
+                label=f"{v}, {r['train']['epochs_run']} epochs (holdout)")
+    ax.axhline(84, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="epoch", ylabel="holdout accuracy (%)", title="Longer schedules, seed 0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save(fig, dest)
+
+
 def teacher_block(t: dict | None) -> str:
     if not t:
         return "_Teacher not trained yet._"
@@ -245,6 +287,7 @@ def main() -> None:
     c.parser(__doc__).parse_args()
     ablation = load_dir("ablation")
     beta = load_dir("beta")
+    budget = load_dir("budget")
     teacher = c.read_result(c.RESULTS / "teacher.json")
     dist = c.read_result(c.RESULTS / "dist_quality.json")
     bundled = c.read_result(c.RESULTS / "bundled.json")
@@ -262,7 +305,8 @@ def main() -> None:
     text = DOC.read_text()
     for name, body in (("ablation", table), ("teacher", teacher_block(teacher)), ("beta", beta_block(beta, ablation)),
                        ("dist", dist_block(dist)), ("bundled", bundled_block(bundled)),
-                       ("hours", hours_block([*ablation.values(), *beta.values()], teacher))):
+                       ("budget", budget_block(budget, ablation)),
+                       ("hours", hours_block([*ablation.values(), *beta.values(), *budget.values()], teacher))):
         text = replace_block(text, name, body)
     write_doc(DOC, text)
     write_doc(CARD, replace_block(CARD.read_text(), "card", card_block(bundled)))
