@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from fercli.align import load_detector, load_image
+from fercli.align.detectors import HAAR, auto_detector
 from fercli.align.core import select_faces
 from fercli.align.imageio import ImageProblem, LoadedImage
-from fercli.align.transform import align_face, check_geometry
+from fercli.align.transform import align_face, box_crop, check_geometry
 from fercli.data import normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
@@ -43,7 +44,7 @@ class PredictConfig:
 
     inputs: tuple[str, ...] = ()
     model: Path | None = None  # default: the workspace's student
-    detector: str = "retinaface-resnet50"
+    detector: str = "auto"  # auto: a cached RetinaFace, else OpenCV's Haar cascade (never downloads)
     detector_weights: Path | None = None
     faces: str = "all"  # all, largest or best
     min_score: float = 0.8
@@ -91,6 +92,8 @@ class PredictResult:
     classifier: Classifier
     images: list[ImageResult]
     annotated: list[Path]
+    detector: str | None = None  # None with --no-detect
+    detector_note: str | None = None  # why --detector auto chose it
 
     @property
     def failed(self) -> int:
@@ -199,7 +202,8 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
         on_model(model_art)
     device = resolve_device(cfg.device)
     clf = Classifier.load(model_art.path, device, cfg.threads)
-    detector = None if cfg.no_detect else load_detector(cfg.detector, cfg.detector_weights, device, cfg.detect_size)
+    name, why = (cfg.detector, None) if cfg.detector != "auto" else auto_detector(cfg.detector_weights)
+    detector = None if cfg.no_detect else load_detector(name, cfg.detector_weights, device, cfg.detect_size)
 
     results: list[ImageResult] = []
     crops: list[np.ndarray] = []  # uint8 RGB at the classifier's input size, one per face
@@ -222,12 +226,17 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             chosen = select_faces(faces, unit.scale, cfg.faces, cfg.min_face_size)
             if not chosen:
                 res.status = "no_face"
-                res.reason = (f"no face with score > {cfg.min_score:g}" if not faces else
+                res.reason = ((f"no face with score > {cfg.min_score:g}" if name != HAAR else "no face found by haar")
+                              if not faces else
                               f"{len(faces)} face(s) found, all smaller than --min-face-size {cfg.min_face_size:g} px")
                 continue
             for j, i in enumerate(chosen):
                 face = faces[i]
-                crop = align_face(unit.image, face.landmarks, cfg.size, cfg.margin)
+                if face.landmarks is not None:
+                    crop = align_face(unit.image, face.landmarks, cfg.size, cfg.margin)
+                else:  # a box-only detector (haar): a square crop around the box
+                    x1, y1, x2, y2 = face.box
+                    crop = box_crop(unit.image, np.array([x1, y1, x2 - x1, y2 - y1]), cfg.size, cfg.margin)
                 crops.append(to_rgb_uint8(crop, clf.preprocess.input_size, bgr=crop.ndim == 3))
                 orig = face.scaled(1.0 / unit.scale)
                 owners.append((res, j, [round(float(v), 2) for v in orig.box], round(float(face.score), 5)))
@@ -276,4 +285,5 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             dest = Path(cfg.annotate) / name
             annotate(image, res.faces, dest)
             annotated.append(dest)
-    return PredictResult(model_art, clf, results, annotated)
+    return PredictResult(model_art, clf, results, annotated, None if detector is None else name,
+                         None if detector is None else why)

@@ -119,3 +119,50 @@ def test_no_model_outside_a_workspace(runner, workspace: Path, monkeypatch):
     cv2.imwrite(str(workspace / "face.png"), np.zeros((48, 48, 3), np.uint8))
     res = runner.invoke(app, ["predict", "face.png", "--no-detect"])
     assert res.exit_code == 1 and "no model: pass --model" in res.stderr
+
+
+@pytest.fixture
+def empty_hub(tmp_path: Path, monkeypatch) -> Path:
+    """No detector weights anywhere: $TORCH_HOME is an empty temp dir."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    return tmp_path / "torch" / "hub"
+
+
+def test_auto_detector_never_downloads(empty_hub: Path, tmp_path: Path):
+    from fercli.align.detectors import DETECTORS, auto_detector, hub_weights_path
+
+    assert auto_detector()[0] == "haar"
+    assert auto_detector(tmp_path / "w.pth")[0] == "retinaface-resnet50"  # explicit weights: the default detector
+    cached = hub_weights_path(DETECTORS["retinaface-mobilenet"])
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert auto_detector() == ("retinaface-mobilenet", f"its weights are in torch's hub cache ({cached})")
+
+
+def test_haar_detector_on_real_photos(shared_dir: Path):
+    from fercli.align.detectors import load_detector
+
+    det = load_detector("haar")
+    single, road = (cv2.imread(str(shared_dir / "faces" / n)) for n in ("single_face.jpg", "no_face_road.jpg"))
+    found = det.detect_faces([single, road])
+    assert len(found[0]) == 1 and found[1] == []
+    face = found[0][0]
+    assert face.landmarks is None and face.width > 100 and face.score == 1.0
+    with pytest.raises(Exception, match="drop --detector-weights"):
+        load_detector("haar", shared_dir / "x.pth")
+
+
+def test_predict_offline_with_no_options(runner, workspace: Path, model: Path, shared_dir: Path, empty_hub: Path,
+                                         monkeypatch):
+    """`fer predict face.jpg` after a bare install: no weights cached, no workspace student."""
+    monkeypatch.setenv("FER_BUNDLED_MODEL", str(model))  # stands in for the shipped model
+    photos = [str(shared_dir / "faces" / n) for n in ("single_face.jpg", "no_face_road.jpg")]
+    res = runner.invoke(app, ["predict", *photos, "--json"])
+    assert res.exit_code == 1, res.output  # the road has no face
+    assert "using student (bundled)" in res.stderr and "detector: haar (auto: no RetinaFace weights" in res.stderr
+    face, road = json.loads(res.stdout)
+    assert face["status"] == "ok" and len(face["faces"]) == 1 and face["faces"][0]["box"][2] > 300
+    assert road["status"] == "no_face" and road["reason"] == "no face found by haar"

@@ -91,7 +91,7 @@ class Face:
 
     box: np.ndarray  # x1, y1, x2, y2 (float, clipped to the image)
     score: float
-    landmarks: np.ndarray  # 5x2: left eye, right eye, nose, left mouth, right mouth (image-left/right)
+    landmarks: np.ndarray | None  # 5x2: left eye, right eye, nose, left mouth, right mouth; None: box only (haar)
 
     @property
     def width(self) -> float:
@@ -106,7 +106,59 @@ class Face:
         return self.width * self.height
 
     def scaled(self, factor: float) -> Face:
-        return Face(self.box * factor, self.score, self.landmarks * factor)
+        return Face(self.box * factor, self.score, None if self.landmarks is None else self.landmarks * factor)
+
+
+# ---- OpenCV's Haar cascade: the detector that needs no download -------------------------------
+HAAR = "haar"
+HAAR_FILE = "haarcascade_frontalface_default.xml"
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade, shipped inside opencv-python 4.x: nothing to download, so
+    `fer predict` can detect faces offline. Boxes only (``landmarks`` None: faces are cropped by box,
+    not aligned), no calibrated score (every face gets 1.0, so ``min_score`` has no effect), and it
+    misses profile, tilted and small faces that RetinaFace finds: a fallback, not a replacement.
+    """
+
+    name = HAAR
+
+    def __init__(self, min_size: int = 24) -> None:
+        if not hasattr(cv2, "CascadeClassifier"):
+            raise FerError("--detector haar needs opencv-python 4.x (5.x dropped CascadeClassifier): "
+                           "pip install 'opencv-python>=4.8,<5'")
+        path = Path(cv2.data.haarcascades) / HAAR_FILE
+        self.cascade = cv2.CascadeClassifier(str(path))
+        if self.cascade.empty():
+            raise FerError(f"{path}: OpenCV's Haar cascade is missing or unreadable; reinstall opencv-python 4.x")
+        self.min_size = min_size
+
+    def detect_faces(self, images: Sequence[np.ndarray], min_score: float = 0.5,
+                     nms_threshold: float = NMS_THRESHOLD) -> list[list[Face]]:
+        """Faces per image (BGR or grayscale), largest first; the arguments exist for interface parity."""
+        out = []
+        for image in images:
+            gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+            rects = self.cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
+                                                  minSize=(self.min_size, self.min_size))
+            faces = [Face(np.array([x, y, x + w, y + h], dtype=np.float64), 1.0, None) for x, y, w, h in rects]
+            out.append(sorted(faces, key=lambda f: -f.area))
+        return out
+
+
+def auto_detector(weights: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """``--detector auto``: (detector name, why) without downloading anything.
+
+    Explicit ``weights`` mean RetinaFace ResNet-50 (the default detector); otherwise the first
+    RetinaFace whose weights are already in torch's hub cache; otherwise the Haar cascade.
+    """
+    if weights is not None:
+        return "retinaface-resnet50", "--detector-weights given"
+    for name, spec in DETECTORS.items():
+        if hub_weights_path(spec).is_file():
+            return name, f"its weights are in torch's hub cache ({hub_weights_path(spec)})"
+    return HAAR, ("no RetinaFace weights in torch's hub cache; pass --detector retinaface-resnet50 to download "
+                  "them (better on tilted and small faces)")
 
 
 # ---- weights --------------------------------------------------------------------------------
@@ -380,10 +432,14 @@ def load_detector(
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = "cpu",
     detect_size: int = DEFAULT_DETECT_SIZE,
-) -> RetinaFaceDetector:
-    """Build detector ``name`` (a key of :data:`DETECTORS`) with its weights on ``device``."""
+) -> RetinaFaceDetector | HaarDetector:
+    """Build detector ``name`` (a key of :data:`DETECTORS`, or ``haar``) with its weights on ``device``."""
+    if name == HAAR:
+        if weights is not None:
+            raise FerError("--detector haar uses OpenCV's built-in cascade; drop --detector-weights")
+        return HaarDetector()
     if name not in DETECTORS:
-        raise FerError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+        raise FerError(f"unknown detector {name!r}; choose one of {', '.join([*DETECTORS, HAAR])}")
     if not 64 <= int(detect_size) <= 4096:
         raise FerError(f"--detect-size must be in 64..4096, got {detect_size}")
     spec = DETECTORS[name]

@@ -20,6 +20,8 @@ EXAMPLE = """Examples:
 
   fer predict img.jpg                                    # the workspace's student
 
+  fer predict face.jpg                     # offline after install: bundled model, cached RetinaFace or Haar
+
   fer predict photos/ 'more/*.png' --model student/best.pt --detector retinaface-mobilenet --detector-weights mobilenet0.25_Final.pth --json
 
   fer predict clip.mp4 --every 15 --annotate annotated/ --csv
@@ -32,7 +34,7 @@ def predict(
     ctx: typer.Context,
     inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or video files."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student]."),
-    detector: Optional[str] = typer.Option(None, "--detector", help="retinaface-resnet50 or retinaface-mobilenet (as fer align)."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="auto (a RetinaFace whose weights are cached, else haar), retinaface-resnet50, retinaface-mobilenet or haar (OpenCV, offline, boxes only)."),
     detector_weights: Optional[Path] = typer.Option(None, "--detector-weights", help="Detector weights file."),
     faces: Optional[str] = typer.Option(None, "--faces", help="all (default), largest or best."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Minimum detection score (0.8)."),
@@ -59,6 +61,8 @@ def predict(
         no_detect=no_detect, every=every, tta=tta, batch_size=batch_size, device=device, threads=threads,
         annotate=annotate), ws, config)
     res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
+    if res.detector is not None:
+        _ui.say(ctx, f"[dim]detector:[/] {res.detector}" + (f" (auto: {res.detector_note})" if res.detector_note else ""))
     classes = list(res.classifier.classes)
     if json_out:
         _ui.print_json([r.to_dict() for r in res.images])
