@@ -80,15 +80,17 @@ def test_shipped_model_is_small_safe_and_self_describing(shipped: Path):
 
 
 @pytest.mark.shared
-def test_shipped_model_predicts_a_ferplus_face_without_model_option(runner, workspace: Path, ferplus_dir: Path,
-                                                                     shipped: Path):
-    img = next(iter(sorted((ferplus_dir / "FER2013Valid").glob("*.png"))))
-    res = runner.invoke(app, ["predict", str(img), "--no-detect", "--json"])
+def test_shipped_model_predicts_ferplus_faces_without_model_option(runner, workspace: Path, ferplus_dir: Path,
+                                                                   shipped: Path):
+    from fercli.importers import ImportConfig, load_dataset
+
+    df = load_dataset(ImportConfig(format="ferplus", src=ferplus_dir)).df
+    happy = df[(df["split"] == "valid") & (df["dist_happiness"] == 1.0)]["path"].head(20)  # all ten voters agree
+    res = runner.invoke(app, ["predict", *(str(ferplus_dir / p) for p in happy), "--no-detect", "--json"])
     assert res.exit_code == 0, res.output
     assert "using student (bundled)" in res.stderr
-    out = json.loads(res.stdout)
-    row = out[0] if isinstance(out, list) else out
-    assert json.dumps(row).count("happiness") >= 1
+    labels = [row["faces"][0]["label"] for row in json.loads(res.stdout)]
+    assert len(labels) == 20 and labels.count("happiness") >= 18, labels
 
 
 @pytest.mark.shared
@@ -103,3 +105,15 @@ def test_shipped_model_card_accuracy_is_reproduced_by_fer_eval(runner, workspace
     assert "using student (bundled)" in res.stderr
     assert report["images"] == card["ferplus_valid_8"]["images"]
     assert report["accuracy"] == pytest.approx(card["ferplus_valid_8"]["accuracy"], abs=1e-4)
+
+
+@pytest.mark.shared
+def test_shipped_model_predicts_a_photo_offline_with_no_options(runner, workspace: Path, shared_dir: Path,
+                                                                shipped: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no detector weights cached: haar
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    res = runner.invoke(app, ["predict", str(shared_dir / "faces" / "single_face.jpg"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "using student (bundled)" in res.stderr and "detector: haar" in res.stderr
+    (row,) = json.loads(res.stdout)
+    assert len(row["faces"]) == 1 and set(row["faces"][0]["probs"]) == set(CLASSES_8)
