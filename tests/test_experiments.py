@@ -1,0 +1,59 @@
+"""The FERPlus study's runner (experiments/_common.py): scheduling, dependencies, the run lock."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import _common as c  # noqa: E402
+
+
+def test_tasks_wait_for_what_they_need_and_failures_skip_dependants():
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def job(name: str, fail: bool = False, pause: float = 0.0):
+        def run():
+            time.sleep(pause)
+            with lock:
+                order.append(name)
+            if fail:
+                raise RuntimeError("boom")
+            return name.upper()
+        return run
+
+    tasks = [c.Task("teacher", job("teacher", pause=0.2)), c.Task("a", job("a")),
+             c.Task("ldl", job("ldl"), ("teacher",)), c.Task("bad", job("bad", fail=True)),
+             c.Task("after-bad", job("after-bad"), ("bad",)), c.Task("b", job("b"))]
+    done = c.run_tasks(tasks, jobs=2)
+    assert done == {"teacher": "TEACHER", "a": "A", "ldl": "LDL", "b": "B"}
+    assert order.index("ldl") > order.index("teacher") and "after-bad" not in order
+    assert order.index("a") < order.index("teacher")  # the second thread did not wait for the teacher
+
+
+def test_exclusive_makes_a_second_process_wait_and_takes_over_stale_locks(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(c, "WS", tmp_path)
+    events: list[str] = []
+    with c.exclusive("run"):
+        t = threading.Thread(target=lambda: (c.exclusive("run", poll=0.05).__enter__(), events.append("second in")))
+        # the same pid holds it, so the thread sees a live holder and waits
+        t.start()
+        time.sleep(0.3)
+        events.append("first out")
+    t.join(2)
+    assert events == ["first out", "second in"]
+    (tmp_path / "locks" / "run.lock").write_text("999999999")  # a dead process's lock
+    with c.exclusive("run", poll=0.05):
+        assert (tmp_path / "locks" / "run.lock").read_text() == str(os.getpid())
+
+
+def test_mean_std():
+    assert c.mean_std([0.7]) == (0.7, 0.0)
+    m, sd = c.mean_std([0.70, 0.72, 0.74])
+    assert m == pytest.approx(0.72) and sd == pytest.approx(0.02)
