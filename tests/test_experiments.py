@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import _common as c  # noqa: E402
+import _common as c
 
 
 def test_tasks_wait_for_what_they_need_and_failures_skip_dependants():
