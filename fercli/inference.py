@@ -27,24 +27,29 @@ BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "ferplus8_lfer_ldl
 BUNDLED_ENV = "FER_BUNDLED_MODEL"  # another file to use instead, or "none" to never fall back to one
 
 
+_OFF = ("", "none", "0", "off")
+
+
+def _bundled_off(env: str | None) -> bool:
+    return env is not None and env.strip().lower() in _OFF
+
+
 def bundled_model() -> Path | None:
     """The packaged default model (docs/MODEL_CARD.md), or ``$FER_BUNDLED_MODEL``; None if absent or disabled."""
     env = os.environ.get(BUNDLED_ENV)
-    if env is not None and env.strip().lower() in ("", "none", "0", "off"):
+    if _bundled_off(env):
         return None
     path = Path(env) if env else BUNDLED_MODEL
     return path if path.is_file() else None
 
 
 def bundled_status() -> str:
-    """Why there is (or is not) a bundled model, for messages."""
+    """Which bundled model is in use, or why there is none (for messages)."""
     env = os.environ.get(BUNDLED_ENV)
     path = bundled_model()
     if path is not None:
         return str(path)
-    if env is not None and not env.strip() or (env or "").strip().lower() in ("none", "0", "off"):
-        return f"${BUNDLED_ENV} is {env!r}"
-    return f"{env or BUNDLED_MODEL} is missing"
+    return f"${BUNDLED_ENV} is {env!r}" if _bundled_off(env) else f"{env or BUNDLED_MODEL} is missing"
 
 
 def resolve_model(ws: Workspace, explicit: str | os.PathLike[str] | None = None) -> Artifact:
