@@ -57,3 +57,15 @@ def one_thread():
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache: $TORCH_HOME points at a temp dir (and no earlier set_dir overrides it),
+    so nothing (detector weights, ImageNet weights) is found there."""
+    import torch
+
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    return home / "hub"

@@ -109,9 +109,8 @@ def test_shipped_model_card_accuracy_is_reproduced_by_fer_eval(runner, workspace
 
 @pytest.mark.shared
 def test_shipped_model_predicts_a_photo_offline_with_no_options(runner, workspace: Path, shared_dir: Path,
-                                                                shipped: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no detector weights cached: haar
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+                                                                shipped: Path, hub: Path):
+    # hub: no detector weights cached, so `auto` picks haar
     res = runner.invoke(app, ["predict", str(shared_dir / "faces" / "single_face.jpg"), "--json"])
     assert res.exit_code == 0, res.output
     assert "using student (bundled)" in res.stderr and "detector: haar" in res.stderr

@@ -16,15 +16,6 @@ from fercli.models import imagenet_weights_file
 from fercli.workspace import Workspace
 
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch hub cache: $TORCH_HOME points at a temp dir (and no earlier set_dir overrides it)."""
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    return home / "hub"
-
-
 def _fake_versions(monkeypatch: pytest.MonkeyPatch, **versions: str | None) -> None:
     """Make ``doctor.package_version`` answer ``versions[dist]`` (None: not installed) for the given dists."""
     real = doctor.package_version

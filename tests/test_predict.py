@@ -121,17 +121,7 @@ def test_no_model_outside_a_workspace(runner, workspace: Path, monkeypatch):
     assert res.exit_code == 1 and "no model: pass --model" in res.stderr
 
 
-@pytest.fixture
-def empty_hub(tmp_path: Path, monkeypatch) -> Path:
-    """No detector weights anywhere: $TORCH_HOME is an empty temp dir."""
-    import torch
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    return tmp_path / "torch" / "hub"
-
-
-def test_auto_detector_never_downloads(empty_hub: Path, tmp_path: Path):
+def test_auto_detector_never_downloads(hub: Path, tmp_path: Path):
     from fercli.align.detectors import DETECTORS, auto_detector, hub_weights_path
 
     assert auto_detector()[0] == "haar"
@@ -155,7 +145,7 @@ def test_haar_detector_on_real_photos(shared_dir: Path):
         load_detector("haar", shared_dir / "x.pth")
 
 
-def test_predict_offline_with_no_options(runner, workspace: Path, model: Path, shared_dir: Path, empty_hub: Path,
+def test_predict_offline_with_no_options(runner, workspace: Path, model: Path, shared_dir: Path, hub: Path,
                                          monkeypatch):
     """`fer predict face.jpg` after a bare install: no weights cached, no workspace student."""
     monkeypatch.setenv("FER_BUNDLED_MODEL", str(model))  # stands in for the shipped model
