@@ -29,7 +29,7 @@ EPS = 1e-12
 
 def kl_rows(votes: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Per-row KL(votes || q); infinite where q is 0 but a vote is not."""
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 x log 0 terms are masked out below
         terms = np.where(votes > 0, votes * (np.log(np.maximum(votes, EPS)) - np.log(q)), 0.0)
     return terms.sum(1)
 
