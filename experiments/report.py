@@ -81,8 +81,10 @@ def ablation_block(runs: dict[str, dict]) -> tuple[str, dict]:
         mp, sp = c.mean_std(paired) if paired else (float("nan"), float("nan"))
         diff = {"mean_diff": ml - mb, "baseline_std": sb, "ldl_std": sl, "paired": paired, "paired_mean": mp,
                 "paired_std": sp}
+        spread = (f"seed spreads ± {100 * sl:.2f} and ± {100 * sb:.2f}" if len(l_) > 1 and len(b) > 1
+                  else "one seed each so far, no spread yet")
         lines += ["", f"**LFER-LDL vs the ShuffleNetV2 baseline** (8 classes): {100 * (ml - mb):+.2f} points "
-                  f"(means {pct(ml)} vs {pct(mb)}; seed spreads ± {100 * sl:.2f} and ± {100 * sb:.2f}). "
+                  f"(means {pct(ml)} vs {pct(mb)}; {spread}). "
                   "Per seed (same seed = same holdout split and order): "
                   + ", ".join(f"{100 * d:+.2f}" for d in paired)
                   + (f" (mean {100 * mp:+.2f} ± {100 * sp:.2f})." if len(paired) > 1 else ".")]
