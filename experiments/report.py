@@ -259,7 +259,8 @@ def card_block(b: dict | None) -> str:
         p = e8["per_class"][name]
         lines.append(f"| {name} | {p['support']} | {pct(p['recall'])} | {pct(p['precision'])} | {pct(p['f1'])} |")
     lines += ["", (f"File: {b['bytes'] / 1e6:.2f} MB, sha256 `{b['sha256'][:16]}...`, from `{b['source_run']}`; "
-              f"float16 export parity: max abs logit difference {b['export']['max_abs_diff']:.1e} on random inputs.")]
+              f"float16 export parity: max abs logit difference {b['export']['max_abs_diff']:.1e} on random inputs; "
+              f"the float32 checkpoint it came from scores {pct(b['source_ferplus_valid_8'])}% (8 classes).")]
     return "\n".join(lines)
 
 
