@@ -174,7 +174,7 @@ def budget_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
                          f"`{r['experiment']}/{r['run']}` |")
             pairs.append((v, r))
     if not runs:
-        lines.append("| _the 60-epoch runs_ | | not run yet | | | | | | |")
+        lines.append("| _60-epoch runs_ | 60 | not finished yet (`python experiments/budget.py` resumes them) | | | | | | |")
     else:
         plot_budget(pairs, IMG / "ferplus_budget.png")
         lines += ["", "![budget](img/ferplus_budget.png)"]
