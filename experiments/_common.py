@@ -80,11 +80,33 @@ def read_result(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _process_id(pid: int) -> str:
+    """``pid`` plus its start time (from /proc where there is one), so a reused pid is not mistaken
+    for the process that wrote a lock."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        start = "?"
+    return f"{pid} {start}"
+
+
+def _holder_alive(text: str) -> bool:
+    try:
+        pid = int(text.split()[0])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return _process_id(pid) == text.strip() or len(text.split()) == 1
+
+
 @contextlib.contextmanager
 def exclusive(name: str, poll: float = 20.0) -> Iterator[None]:
     """Hold ``WS/locks/<name>.lock`` while a run trains, so two scripts started side by side (the
     ablation and the beta sweep share runs) never train the same run twice; a waiting script polls
-    until the holder is gone, then re-checks for the result. A lock left by a dead process is taken over.
+    until the holder is gone, then re-checks for the result. A lock left by a dead process (or one
+    whose pid has since been reused) is taken over.
     """
     lock = WS / "locks" / f"{name}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -94,19 +116,18 @@ def exclusive(name: str, poll: float = 20.0) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                pid = int(lock.read_text() or 0)
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
+                text = lock.read_text()
+            except FileNotFoundError:
+                continue
+            if not _holder_alive(text):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
-            except PermissionError:
-                pass
             if not waited:
-                log.info("%s: another process (pid %d) is running it; waiting", name, pid)
+                log.info("%s: another process (%s) is running it; waiting", name, text.split()[0])
                 waited = True
             time.sleep(poll)
             continue
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, _process_id(os.getpid()).encode())
         os.close(fd)
         break
     try:

@@ -48,9 +48,12 @@ def test_exclusive_makes_a_second_process_wait_and_takes_over_stale_locks(tmp_pa
         events.append("first out")
     t.join(2)
     assert events == ["first out", "second in"]
-    (tmp_path / "locks" / "run.lock").write_text("999999999")  # a dead process's lock
+    (tmp_path / "locks" / "run.lock").write_text("999999999 1")  # a dead process's lock
     with c.exclusive("run", poll=0.05):
-        assert (tmp_path / "locks" / "run.lock").read_text() == str(os.getpid())
+        assert (tmp_path / "locks" / "run.lock").read_text().split()[0] == str(os.getpid())
+    (tmp_path / "locks" / "run.lock").write_text(f"{os.getpid()} 1")  # our pid, but another start time: reused
+    with c.exclusive("run", poll=0.05):
+        assert (tmp_path / "locks" / "run.lock").read_text() == c._process_id(os.getpid())
 
 
 def test_mean_std():
