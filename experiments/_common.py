@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fercli.fileio import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 RESULTS = EXPERIMENTS / "results"
@@ -70,10 +72,7 @@ def fer(*args: Any, logfile: Path | None = None) -> Any:
 
 def write_result(path: Path, data: dict[str, Any]) -> None:
     """Write a result JSON atomically (a study cut short never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def read_result(path: Path) -> dict[str, Any] | None:

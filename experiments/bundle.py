@@ -17,6 +17,7 @@ import shutil
 
 import _common as c
 
+from fercli.fileio import atomic_path
 from fercli.inference import BUNDLED_MODEL
 
 
@@ -31,10 +32,8 @@ def run() -> dict:
     logfile = c.WS / "logs" / "bundle.log"
     export = c.fer("export", source, "--format", "checkpoint", "--half", "--out", out, "--json", logfile=logfile)
     scores = c.evaluate(out, out.parent, logfile)
-    BUNDLED_MODEL.parent.mkdir(parents=True, exist_ok=True)
-    tmp = BUNDLED_MODEL.with_name(BUNDLED_MODEL.name + ".tmp")
-    shutil.copyfile(out, tmp)
-    tmp.replace(BUNDLED_MODEL)
+    with atomic_path(BUNDLED_MODEL) as tmp:
+        shutil.copyfile(out, tmp)
     data = BUNDLED_MODEL.read_bytes()
     result = {
         "file": BUNDLED_MODEL.relative_to(c.ROOT).as_posix(), "bytes": len(data),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import _common as c
 
+from fercli.fileio import atomic_path, atomic_write_text
+
 DOC = c.ROOT / "docs" / "RESULTS.md"
 CARD = c.ROOT / "docs" / "MODEL_CARD.md"
 IMG = c.ROOT / "docs" / "img"
@@ -111,40 +113,39 @@ def beta_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
 
 
 def plot_beta(rows: list[tuple[float, dict]], dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = figure((5.5, 3.6))
     b = [x for x, _ in rows]
     for key, label, style in (("accuracy", "accuracy", "o-"), ("mean_class_accuracy", "mean per-class accuracy", "^:"),
                               ("macro_f1", "macro F1", "s--")):
         ax.plot(b, [100 * r["ferplus_valid_8"][key] for _, r in rows], style, label=label)
     ax.set(xlabel="beta (combo loss, eq. 6)", ylabel="%", title="LFER-LDL on FERPlus valid (8 classes), seed 0")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, dest)
+    save(fig, ax, dest)
 
 
-def save(fig, dest: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(dest)
-    plt.close(fig)
-
-
-def curves_plot(runs: dict[str, dict], teacher: dict | None, dest: Path) -> None:
+def figure(size: tuple[float, float]):
+    """A headless matplotlib figure and axes (the plots' shared setup)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    return plt.subplots(figsize=size)
+
+
+def save(fig, ax, dest: Path) -> None:
+    """Grid, legend, layout, then write ``dest`` atomically and free the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def curves_plot(runs: dict[str, dict], teacher: dict | None, dest: Path) -> None:
+    fig, ax = figure((6.5, 4))
     for name, r in runs.items():
         if name.endswith("-s0"):
             h = r["train"]["history"]
@@ -153,10 +154,7 @@ def curves_plot(runs: dict[str, dict], teacher: dict | None, dest: Path) -> None
         h = teacher["train"]["history"]
         ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], "k--", label="teacher (resnet18)")
     ax.set(xlabel="epoch", ylabel="holdout accuracy (%)", title="Learning curves, seed 0 (10% of FERPlus train held out)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, dest)
+    save(fig, ax, dest)
 
 
 def budget_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
@@ -182,12 +180,7 @@ def budget_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
 
 
 def plot_budget(pairs: list[tuple[str, dict]], dest: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = figure((6.5, 4))
     for v, r in pairs:
         h = r["train"]["history"]
         style = "-" if v == "lfer_ldl" else "--"
@@ -195,10 +188,7 @@ def plot_budget(pairs: list[tuple[str, dict]], dest: Path) -> None:
                 label=f"{v}, {r['train']['epochs_run']} epochs (holdout)")
     ax.axhline(84, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="epoch", ylabel="holdout accuracy (%)", title="Longer schedules, seed 0")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save(fig, dest)
+    save(fig, ax, dest)
 
 
 def teacher_block(t: dict | None) -> str:
@@ -280,12 +270,6 @@ def replace_block(text: str, name: str, body: str) -> str:
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def write_doc(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main() -> None:
     c.parser(__doc__).parse_args()
     ablation = load_dir("ablation")
@@ -311,8 +295,8 @@ def main() -> None:
                        ("budget", budget_block(budget, ablation)),
                        ("hours", hours_block([*ablation.values(), *beta.values(), *budget.values()], teacher))):
         text = replace_block(text, name, body)
-    write_doc(DOC, text)
-    write_doc(CARD, replace_block(CARD.read_text(), "card", card_block(bundled)))
+    atomic_write_text(DOC, text)
+    atomic_write_text(CARD, replace_block(CARD.read_text(), "card", card_block(bundled)))
     c.write_result(c.RESULTS / "summary.json", {"ablation_ldl_vs_baseline": diff})
     print(f"updated {DOC.relative_to(c.ROOT)} and {IMG.relative_to(c.ROOT)}/")
 
