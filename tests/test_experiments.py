@@ -60,3 +60,22 @@ def test_mean_std():
     assert c.mean_std([0.7]) == (0.7, 0.0)
     m, sd = c.mean_std([0.70, 0.72, 0.74])
     assert m == pytest.approx(0.72) and sd == pytest.approx(0.02)
+
+
+def test_budget_fit_recovers_a_known_curve_and_refuses_to_invent_an_asymptote():
+    import report
+
+    true = lambda e: 0.88 - 0.9 * e ** -0.6  # noqa: E731 - a saturating curve with a known asymptote
+    fit = report.fit_budget([20, 40, 60], [true(e) for e in (20, 40, 60)])
+    sat = fit["saturating"]
+    assert sat["asymptote"] == pytest.approx(0.88, abs=2e-3) and sat["c"] == pytest.approx(0.6, abs=0.02)
+    assert sat["epochs_to_target"] == pytest.approx((0.9 / 0.04) ** (1 / 0.6), rel=0.05)
+    # a concave curve: the log-linear reading is the optimistic one
+    assert fit["loglinear"]["epochs_to_target"] < sat["epochs_to_target"]
+    # points that do not bend over (gains growing per doubling) give no asymptote at all
+    convex = report.fit_budget([20, 40, 60], [0.77, 0.78, 0.80])
+    assert "saturating" not in convex and convex["loglinear"]["epochs_to_target"] > 60
+    # an asymptote below the target: never reached; falling accuracy: never reached either
+    low = report.fit_budget([20, 40, 60], [0.80 - 0.5 * e ** -0.5 for e in (20, 40, 60)])
+    assert low["saturating"]["epochs_to_target"] is None
+    assert report.fit_budget([20, 60], [0.78, 0.77])["loglinear"]["epochs_to_target"] is None
