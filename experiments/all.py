@@ -4,7 +4,7 @@ ablation (teacher first) -> distribution quality -> bundling (after the LDL seed
 budget runs. Everything already done is skipped and anything interrupted resumes, so run it again
 after a cut; then `python experiments/report.py`.
 
-    python experiments/all.py [--jobs 2] [--betas 0,0.2,0.4,0.6,0.8,1] [--budget-epochs 40,60]
+    python experiments/all.py [--jobs 2] [--seeds 3] [--other-seeds 2] [--betas 0,0.2,0.4,0.6,0.8,1] [--budget-epochs 40,60]
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ import dist_quality
 def main() -> None:
     args = c.parser(__doc__)
     args.add_argument("--seeds", type=int, default=3, help="ablation seeds for the baseline and LDL (default 3)")
+    args.add_argument("--other-seeds", type=int, default=ablation.DEFAULT_OTHER_SEEDS,
+                      help="ablation seeds for the other variants (default %(default)s)")
     args.add_argument("--betas", default=beta_sweep.DEFAULT_BETAS, help="beta grid (default %(default)s)")
     args.add_argument("--budget-epochs", default=budget.DEFAULT_EPOCHS,
                       help="comma-separated epochs of the budget runs (default %(default)s)")
     opts = args.parse_args()
     c.setup_logging()
     c.ensure_dataset()
-    abl = ablation.tasks(opts.seeds)
+    abl = ablation.tasks(opts.seeds, opts.other_seeds)
     ldl = [t.name for t in abl if t.name.startswith("lfer_ldl-")]
     queue = [*abl, dist_quality.task(), bundle.task(ldl), *beta_sweep.tasks(beta_sweep.parse_betas(opts.betas)),
              *budget.tasks(budget.parse_epochs(opts.budget_epochs))]

@@ -27,6 +27,11 @@ def run() -> dict:
     if not runs:
         raise SystemExit("no finished lfer_ldl runs: run experiments/ablation.py first")
     name = max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])
+    done = c.read_result(c.RESULTS / "bundled.json")
+    if (done and done["source_run"] == f"ablation/{name}" and BUNDLED_MODEL.is_file()
+            and hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest() == done["sha256"]):
+        c.log.info("bundled model already from %s (sha256 matches results/bundled.json); skipped", name)
+        return done
     source = c.WS / "runs" / "ablation" / name / "best.pt"
     out = c.WS / "bundle" / BUNDLED_MODEL.name
     logfile = c.WS / "logs" / "bundle.log"
