@@ -1,8 +1,8 @@
 """The whole FERPlus study in one queue, in priority order, on ``--jobs`` CPU threads:
 
-ablation (teacher first) -> distribution quality -> bundling (after the LDL seeds) -> beta sweep ->
-budget runs. Everything already done is skipped and anything interrupted resumes, so run it again
-after a cut; then `python experiments/report.py`.
+ablation (teacher first) -> distribution quality -> beta sweep -> budget runs, and bundling once
+every LDL candidate (ablation seeds, budget runs) is done. Everything already done is skipped and
+anything interrupted resumes, so run it again after a cut; then `python experiments/report.py`.
 
     python experiments/all.py [--jobs 2] [--seeds 3] [--other-seeds 2] [--betas 0,0.2,0.4,0.6,0.8,1] [--budget-epochs 40,60]
 """
@@ -29,9 +29,10 @@ def main() -> None:
     c.setup_logging()
     c.ensure_dataset()
     abl = ablation.tasks(opts.seeds, opts.other_seeds)
-    ldl = [t.name for t in abl if t.name.startswith("lfer_ldl-")]
-    queue = [*abl, dist_quality.task(), bundle.task(ldl), *beta_sweep.tasks(beta_sweep.parse_betas(opts.betas)),
-             *budget.tasks(budget.parse_epochs(opts.budget_epochs))]
+    long_runs = budget.tasks(budget.parse_epochs(opts.budget_epochs))
+    ldl = [t.name for t in [*abl, *long_runs] if "lfer_ldl-" in t.name]
+    queue = [*abl, dist_quality.task(), *beta_sweep.tasks(beta_sweep.parse_betas(opts.betas)), *long_runs,
+             bundle.task(ldl)]
     c.run_tasks(queue, opts.jobs)
     c.log.info("done; now: python experiments/report.py")
 

@@ -1,7 +1,8 @@
 """Ship the result: the best FERPlus LFER-LDL student becomes fercli's bundled default model.
 
-The candidate runs are the ablation's ``lfer_ldl`` seeds; the one with the best *holdout* accuracy
-is chosen (FERPlus valid, the report split, plays no part in the choice). It is exported with
+The candidate runs are every ``lfer`` + teacher-LDL run of the study: the ablation's ``lfer_ldl``
+seeds and the budget's longer ``lfer_ldl`` runs. The one with the best *holdout* accuracy is chosen
+(FERPlus valid, the report split, plays no part in the choice). It is exported with
 ``fer export --format checkpoint --half`` (float16 weights, no optimiser state), scored on FERPlus
 valid with ``fer eval`` (8 and 7 classes), and copied to fercli/weights/. docs/MODEL_CARD.md quotes
 experiments/results/bundled.json, which this writes.
@@ -12,27 +13,36 @@ experiments/results/bundled.json, which this writes.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 
 import _common as c
 
+from fercli.checkpoint import load_checkpoint
 from fercli.fileio import atomic_path
 from fercli.inference import BUNDLED_MODEL
+
+CANDIDATES = (("ablation", "lfer_ldl-s*"), ("budget", "lfer_ldl-e*"))
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "weight_decay", "seed", "beta", "input_size")
+
+
+def candidates() -> dict[str, dict]:
+    """``experiment/run`` -> result JSON of every finished LDL run."""
+    return {f"{exp}/{p.stem}": c.read_result(p) for exp, pattern in CANDIDATES
+            for p in sorted((c.RESULTS / exp).glob(f"{pattern}.json"))}
 
 
 def run() -> dict:
     """Choose, export, score and install the bundled model; write results/bundled.json."""
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted((c.RESULTS / "ablation").glob("lfer_ldl-s*.json"))}
+    runs = candidates()
     if not runs:
         raise SystemExit("no finished lfer_ldl runs: run experiments/ablation.py first")
     name = max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])
     done = c.read_result(c.RESULTS / "bundled.json")
-    if (done and done["source_run"] == f"ablation/{name}" and BUNDLED_MODEL.is_file()
+    if (done and done["source_run"] == name and "recipe" in done and BUNDLED_MODEL.is_file()
             and hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest() == done["sha256"]):
         c.log.info("bundled model already from %s (sha256 matches results/bundled.json); skipped", name)
         return done
-    source = c.WS / "runs" / "ablation" / name / "best.pt"
+    source = c.WS / "runs" / name / "best.pt"
     out = c.WS / "bundle" / BUNDLED_MODEL.name
     logfile = c.WS / "logs" / "bundle.log"
     export = c.fer("export", source, "--format", "checkpoint", "--half", "--out", out, "--json", logfile=logfile)
@@ -40,9 +50,13 @@ def run() -> dict:
     with atomic_path(BUNDLED_MODEL) as tmp:
         shutil.copyfile(out, tmp)
     data = BUNDLED_MODEL.read_bytes()
+    ckpt = load_checkpoint(BUNDLED_MODEL)  # the recipe as the checkpoint itself records it
     result = {
         "file": BUNDLED_MODEL.relative_to(c.ROOT).as_posix(), "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(), "source_run": f"ablation/{name}",
+        "sha256": hashlib.sha256(data).hexdigest(), "source_run": name,
+        "source_command": runs[name]["command"],
+        "recipe": {k: ckpt["config"][k] for k in RECIPE_KEYS},
+        "best_epoch": runs[name]["train"]["best_epoch"],
         "candidates_holdout": {k: r["train"]["best_val_acc"] for k, r in runs.items()},
         "source_ferplus_valid_8": runs[name]["ferplus_valid_8"]["accuracy"],
         "export": {k: export[k] for k in ("format", "max_abs_diff", "parity")},

@@ -76,6 +76,7 @@ def test_shipped_model_is_small_safe_and_self_describing(shipped: Path):
     assert ckpt["config"]["targets"] == "teacher" and ckpt["config"]["arch"] == "lfer"
     card = _card()  # what docs/MODEL_CARD.md quotes describes exactly this file
     assert card["sha256"] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert {k: ckpt["config"][k] for k in card["recipe"]} == card["recipe"]  # the card's schedule is the file's
     assert card["ferplus_valid_8"]["images"] == 3191 and 0.5 < card["ferplus_valid_8"]["accuracy"] <= 1
 
 
