@@ -175,7 +175,8 @@ def fit_budget(epochs: list[int], acc: list[float]) -> dict:
     asymptote, fitted by linear least squares over a grid of c; with three points it passes through
     them, so it is as noisy as they are (seed spread about ±0.35 points). ``epochs_to_target`` is
     ``None`` where a model cannot reach the target (slope <= 0, or asymptote below it); the saturating
-    fit is left out where the points do not bend over (best c at the grid's floor: no asymptote seen).
+    fit is left out where the points do not bend over enough to place an asymptote below 100% (best c
+    at the grid's floor, or A >= 1).
     """
     import numpy as np
 
@@ -194,7 +195,7 @@ def fit_budget(epochs: list[int], acc: list[float]) -> dict:
             sse = float(np.sum((x @ [amax, bcoef] - y) ** 2))
             if bcoef > 0 and (best is None or sse < best[0]):
                 best = (sse, float(cexp), float(amax), float(bcoef))
-        if best and best[1] > grid[0]:
+        if best and best[1] > grid[0] and best[2] < 1.0:
             sse, cexp, amax, bcoef = best
             reach = (bcoef / (amax - TARGET)) ** (1 / cexp) if amax > TARGET else None
             out["saturating"] = {"asymptote": amax, "B": bcoef, "c": cexp, "rms": (sse / len(e)) ** 0.5,
@@ -246,16 +247,22 @@ def fit_table(fits: dict[str, dict]) -> str:
         lines.append(f"| `{v}` | {100 * ll['b_per_doubling']:.2f} | {epochs_and_hours(ll['epochs_to_target'], h)} | "
                      f"{pct(sat['asymptote']) if sat else '—'} | "
                      f"{epochs_and_hours(sat['epochs_to_target'], h) if sat else '—'} |")
+    lines += ["", ("Gain per doubling: the log-linear fit's slope. CPU h: one run of that length on one core, at the "
+                   "variant's measured cost per epoch. —: the points do not bend over enough to place an asymptote "
+                   "below 100%, so the saturating fit says nothing.")]
     return "\n".join(lines)
 
 
 def plot_budget(pairs: list[tuple[str, dict]], dest: Path) -> None:
     fig, ax = figure((6.5, 4))
+    colors = {"shufflenet_v2": "tab:blue", "lfer_ldl": "tab:orange"}  # as in the fit plot
+    lengths = sorted({r["train"]["epochs_run"] for _, r in pairs})
+    # the longest schedule solid, shorter ones dashed, then dotted
+    styles = {n: (":", "--", "-")[min(2, i + max(0, 3 - len(lengths)))] for i, n in enumerate(lengths)}
     for v, r in pairs:
-        h = r["train"]["history"]
-        style = "-" if v == "lfer_ldl" else "--"
-        ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], style,
-                label=f"{v}, {r['train']['epochs_run']} epochs (holdout)")
+        h, n = r["train"]["history"], r["train"]["epochs_run"]
+        ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], styles[n], color=colors.get(v),
+                label=f"{v}, {n} epochs (holdout)")
     ax.axhline(100 * TARGET, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="epoch", ylabel="holdout accuracy (%)", title="Longer schedules, seed 0")
     save(fig, ax, dest)
@@ -361,7 +368,13 @@ def recipe_block(b: dict | None) -> str:
         "",
         (f"**How it was chosen.** The LDL run with the best holdout accuracy (%) of the study's candidates: {cands}. "
          "FERPlus valid played no part."),
-        "", f"**Command.** `{b['source_command']}`, then `{b['commands'][0]}` (paths in the study's workspace)."])
+        "", f"**Command.** `{workspace_relative(b['source_command'])}`, then `{b['commands'][0]}` "
+        "(paths relative to the study's workspace, `runs/ferplus`, and the repository)."])
+
+
+def workspace_relative(command: str) -> str:
+    """A recorded command without this machine's absolute paths or the --resume of a run continued after a cut."""
+    return command.replace(f"{c.WS}/", "").replace(f"{c.ROOT}/", "").replace(" --resume", "")
 
 
 def hours_block(all_runs: list[dict], teacher: dict | None) -> str:

@@ -75,6 +75,7 @@ def test_budget_fit_recovers_a_known_curve_and_refuses_to_invent_an_asymptote():
     # points that do not bend over (gains growing per doubling) give no asymptote at all
     convex = report.fit_budget([20, 40, 60], [0.77, 0.78, 0.80])
     assert "saturating" not in convex and convex["loglinear"]["epochs_to_target"] > 60
+    assert "saturating" not in report.fit_budget([20, 40, 60], [0.7386, 0.7788, 0.8004])  # asymptote > 100%
     # an asymptote below the target: never reached; falling accuracy: never reached either
     low = report.fit_budget([20, 40, 60], [0.80 - 0.5 * e ** -0.5 for e in (20, 40, 60)])
     assert low["saturating"]["epochs_to_target"] is None
