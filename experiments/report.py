@@ -158,6 +158,7 @@ def curves_plot(runs: dict[str, dict], teacher: dict | None, dest: Path) -> None
 
 
 TARGET = 0.84  # the FERPlus authors' VGG13 on majority labels, the issue's bar
+BUDGET_COLORS = {"shufflenet_v2": "tab:blue", "lfer_ldl": "tab:orange"}  # one colour per variant in both plots
 
 
 def budget_points(v: str, runs: dict[str, dict], ablation: dict[str, dict]) -> list[dict]:
@@ -255,13 +256,12 @@ def fit_table(fits: dict[str, dict]) -> str:
 
 def plot_budget(pairs: list[tuple[str, dict]], dest: Path) -> None:
     fig, ax = figure((6.5, 4))
-    colors = {"shufflenet_v2": "tab:blue", "lfer_ldl": "tab:orange"}  # as in the fit plot
     lengths = sorted({r["train"]["epochs_run"] for _, r in pairs})
     # the longest schedule solid, shorter ones dashed, then dotted
     styles = {n: (":", "--", "-")[min(2, i + max(0, 3 - len(lengths)))] for i, n in enumerate(lengths)}
     for v, r in pairs:
         h, n = r["train"]["history"], r["train"]["epochs_run"]
-        ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], styles[n], color=colors.get(v),
+        ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], styles[n], color=BUDGET_COLORS.get(v),
                 label=f"{v}, {n} epochs (holdout)")
     ax.axhline(100 * TARGET, color="grey", lw=0.8, ls=":")
     ax.set(xlabel="epoch", ylabel="holdout accuracy (%)", title="Longer schedules, seed 0")
@@ -274,8 +274,8 @@ def plot_budget_fit(fits: dict[str, dict], dest: Path) -> None:
     fig, ax = figure((6.5, 4))
     grid = np.geomspace(10, 1000, 200)
     for v, f in fits.items():
-        pts = ax.plot(f["epochs"], [100 * a for a in f["accuracy"]], "o", label=f"{v} (seed 0, FERPlus valid)")
-        color = pts[0].get_color()
+        color = BUDGET_COLORS.get(v)
+        ax.plot(f["epochs"], [100 * a for a in f["accuracy"]], "o", color=color, label=f"{v} (seed 0, FERPlus valid)")
         if not (ll := f.get("loglinear")):
             continue
         ax.plot(grid, 100 * (ll["a"] + ll["b_per_doubling"] / np.log(2) * np.log(grid)), ":", color=color,
