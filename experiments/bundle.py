@@ -12,13 +12,12 @@ experiments/results/bundled.json, which this writes.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 
 import _common as c
 
 from fercli.checkpoint import load_checkpoint
-from fercli.fileio import atomic_path
+from fercli.fileio import atomic_path, sha256_file
 from fercli.inference import BUNDLED_MODEL
 
 CANDIDATES = (("ablation", "lfer_ldl-s*"), ("budget", "lfer_ldl-e*"))
@@ -39,7 +38,7 @@ def run() -> dict:
     name = max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])
     done = c.read_result(c.RESULTS / "bundled.json")
     if (done and done["source_run"] == name and "recipe" in done and BUNDLED_MODEL.is_file()
-            and hashlib.sha256(BUNDLED_MODEL.read_bytes()).hexdigest() == done["sha256"]):
+            and sha256_file(BUNDLED_MODEL) == done["sha256"]):
         c.log.info("bundled model already from %s (sha256 matches results/bundled.json); skipped", name)
         return done
     source = c.WS / "runs" / name / "best.pt"
@@ -49,11 +48,11 @@ def run() -> dict:
     scores = c.evaluate(out, out.parent, logfile)
     with atomic_path(BUNDLED_MODEL) as tmp:
         shutil.copyfile(out, tmp)
-    data = BUNDLED_MODEL.read_bytes()
+    size = BUNDLED_MODEL.stat().st_size
     ckpt = load_checkpoint(BUNDLED_MODEL)  # the recipe as the checkpoint itself records it
     result = {
-        "file": BUNDLED_MODEL.relative_to(c.ROOT).as_posix(), "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(), "source_run": name,
+        "file": BUNDLED_MODEL.relative_to(c.ROOT).as_posix(), "bytes": size,
+        "sha256": sha256_file(BUNDLED_MODEL), "source_run": name,
         "source_command": runs[name]["command"],
         "recipe": {k: ckpt["config"][k] for k in RECIPE_KEYS},
         "best_epoch": runs[name]["train"]["best_epoch"],
@@ -66,7 +65,7 @@ def run() -> dict:
     }
     c.write_result(c.RESULTS / "bundled.json", result)
     c.log.info("bundled %s from %s: FERPlus valid %.4f (8), %.4f (7); %.2f MB", result["file"], name,
-               scores["ferplus_valid_8"]["accuracy"], scores["ferplus_valid_7"]["accuracy"], len(data) / 1e6)
+               scores["ferplus_valid_8"]["accuracy"], scores["ferplus_valid_7"]["accuracy"], size / 1e6)
     return result
 
 

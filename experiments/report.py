@@ -9,6 +9,7 @@ Runs still missing are listed as such, never filled in.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -256,9 +257,9 @@ def fit_table(fits: dict[str, dict]) -> str:
 
 def plot_budget(pairs: list[tuple[str, dict]], dest: Path) -> None:
     fig, ax = figure((6.5, 4))
-    lengths = sorted({r["train"]["epochs_run"] for _, r in pairs})
     # the longest schedule solid, shorter ones dashed, then dotted
-    styles = {n: (":", "--", "-")[min(2, i + max(0, 3 - len(lengths)))] for i, n in enumerate(lengths)}
+    lengths = sorted({r["train"]["epochs_run"] for _, r in pairs}, reverse=True)
+    styles = dict(zip(lengths, itertools.cycle(("-", "--", ":"))))
     for v, r in pairs:
         h, n = r["train"]["history"], r["train"]["epochs_run"]
         ax.plot([x["epoch"] for x in h], [100 * x["val_acc"] for x in h], styles[n], color=BUDGET_COLORS.get(v),
