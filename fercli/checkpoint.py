@@ -3,7 +3,9 @@
 A checkpoint is ``torch.save`` of a plain dict with the keys :data:`fercli.schema.CHECKPOINT_KEYS`:
 the registry name (``arch``) and complete builder arguments (``model_args``), the class list, the
 preprocessing (``input_size``, ``mean``, ``std``), the weights, the stage config, metrics, library
-versions and provenance. Only tensors, numbers, strings, lists and dicts are stored, so it loads
+versions and provenance. Two optional keys say how to read the outputs: ``temperature`` (the
+calibrated softmax temperature, 1.0 when absent; see :mod:`fercli.calibration`) and ``tta`` (the
+recommended test-time augmentation, ``none`` or ``flip``; ``none`` when absent). Only tensors, numbers, strings, lists and dicts are stored, so it loads
 with ``torch.load(weights_only=True)``; a file that needs pickled code to load is refused.
 """
 
@@ -19,6 +21,7 @@ import torchvision
 from torch import nn
 
 from fercli import __version__
+from fercli.calibration import DEFAULT_TEMPERATURE, DEFAULT_TTA, check_temperature, check_tta, model_temperature, model_tta
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, safe_torch_load
 from fercli.models import get_spec
@@ -42,10 +45,14 @@ def make_checkpoint(
     config: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
+    tta: str = DEFAULT_TTA,
 ) -> dict[str, Any]:
     """The checkpoint dict for ``model`` (weights copied to CPU); see the module docstring."""
     get_spec(arch)
     check_input_size(input_size)
+    temperature = check_temperature(temperature, f"{arch} checkpoint")
+    tta = check_tta(tta, f"{arch} checkpoint")
     if int(model_args.get("num_classes", -1)) != len(classes):
         raise FerError(f"{arch}: model_args has num_classes={model_args.get('num_classes')} but {len(classes)} classes were given")
     return {
@@ -62,6 +69,8 @@ def make_checkpoint(
         "metrics": metrics or {},
         "versions": library_versions(),
         "provenance": provenance or make_provenance("checkpoint", summary={"arch": arch}),
+        "temperature": temperature,
+        "tta": tta,
     }
 
 
@@ -100,6 +109,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if len(ckpt["classes"]) != ckpt["model_args"].get("num_classes"):
         raise FerError(f"{path}: {len(ckpt['classes'])} classes but model_args.num_classes="
                        f"{ckpt['model_args'].get('num_classes')}; the checkpoint is inconsistent, re-save it")
+    model_temperature(ckpt, str(path))
+    model_tta(ckpt, str(path))
     return ckpt
 
 

@@ -11,6 +11,7 @@ from fercli import __version__
 from fercli.commands import _ui
 from fercli.commands import align as align_cmd
 from fercli.commands import bench as bench_cmd
+from fercli.commands import calibrate as calibrate_cmd
 from fercli.commands import data as data_cmd
 from fercli.commands import demo as demo_cmd
 from fercli.commands import doctor as doctor_cmd
@@ -76,6 +77,7 @@ app.command("align", epilog=align_cmd.EXAMPLE)(align_cmd.align)
 app.command("pretrain-teacher", epilog=train_cmd.TEACHER_EXAMPLE)(train_cmd.pretrain_teacher)
 app.command("gen-labels", epilog=gen_labels_cmd.EXAMPLE)(gen_labels_cmd.gen_labels)
 app.command("train", epilog=train_cmd.TRAIN_EXAMPLE)(train_cmd.train)
+app.command("calibrate", epilog=calibrate_cmd.EXAMPLE)(calibrate_cmd.calibrate)
 app.command("eval", epilog=eval_cmd.EXAMPLE)(eval_cmd.eval_)
 app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
 app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)

@@ -5,16 +5,16 @@ can be decoded once into a **decoded cache**: a uint8 ``(N, S, S, 3)`` memory-ma
 keyed by the manifest's sha256, the input size and the row selection, built atomically and reused
 while they are unchanged. Batches are assembled from it without worker processes.
 
-Augmentation and normalisation run on whole uint8 batches in the training process, with randomness
-drawn from a generator seeded by ``(seed, epoch, step)``: a batch's augmentation does not depend on
-worker count or on where a run was resumed, which is what makes ``--resume`` exact.
+Augmentation (:mod:`fercli.augment`) runs face by face on uint8 batches, in-process or in worker
+processes, with randomness seeded by ``(seed, epoch, step)``: a batch's augmentation does not depend
+on worker count or on where a run was resumed, which is what makes ``--resume`` exact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -165,47 +165,66 @@ def batches(order: list[int], batch_size: int, drop_last: bool = False) -> list[
     return out
 
 
-def load_batches(split: Split, index_batches: list[list[int]], workers: int) -> Iterator[tuple[torch.Tensor, list[int]]]:
-    """uint8 image batches ``(B, 3, S, S)`` with their indices, in the given order."""
+class _AugmentedBatches(torch.utils.data.Dataset):
+    """Batch ``i`` of a decoded cache, augmented with its own seed (for DataLoader workers)."""
+
+    def __init__(self, split: Split, index_batches: list[list[int]], transform: Callable, seeds: list[int]) -> None:
+        self.split, self.index_batches, self.transform, self.seeds = split, index_batches, transform, seeds
+
+    def __len__(self) -> int:
+        return len(self.index_batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from fercli.augment import augment_batch
+
+        x = _read_cached(self.split, self.index_batches[i])
+        return augment_batch(x, self.transform, self.seeds[i])
+
+
+def _read_cached(split: Split, idx: list[int]) -> torch.Tensor:
+    # Sorted reads from the memmap are sequential on disk; restore the batch's order after.
+    order = np.argsort(idx)
+    arr = split.dataset.array  # type: ignore[attr-defined]
+    data = torch.from_numpy(np.ascontiguousarray(arr[np.asarray(idx)[order]])).permute(0, 3, 1, 2)
+    return data[torch.from_numpy(np.argsort(order))]
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers run side by side; each with all cores' threads would oversubscribe
+
+
+def load_batches(split: Split, index_batches: list[list[int]], workers: int, transform: Callable | None = None,
+                 seeds: list[int] | None = None) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """uint8 image batches ``(B, 3, S, S)`` with their indices, in the given order.
+
+    With ``transform`` (see :mod:`fercli.augment`), batch ``i`` is augmented face by face with
+    ``seeds[i]``; for a cached split and ``workers > 0`` that happens in worker processes, with the
+    same result as in-process.
+    """
+    if transform is not None and (seeds is None or len(seeds) != len(index_batches)):
+        raise ValueError("augmentation needs one seed per batch")
+    if split.cached and transform is not None and workers > 0 and index_batches:
+        loader = torch.utils.data.DataLoader(_AugmentedBatches(split, index_batches, transform, seeds or []),
+                                             batch_size=None, num_workers=workers, worker_init_fn=_one_thread)
+        yield from zip(loader, index_batches)
+        return
     if split.cached or workers == 0:
-        for idx in index_batches:
-            # Sorted reads from the memmap are sequential on disk; restore the batch's order after.
-            order = np.argsort(idx)
-            if split.cached:
-                arr = split.dataset.array  # type: ignore[attr-defined]
-                data = torch.from_numpy(np.ascontiguousarray(arr[np.asarray(idx)[order]]))
-                data = data.permute(0, 3, 1, 2)
-                inv = torch.from_numpy(np.argsort(order))
-                yield data[inv], idx
-            else:
-                yield torch.stack([split.dataset[i] for i in idx]), idx
+        for i, idx in enumerate(index_batches):
+            x = _read_cached(split, idx) if split.cached else torch.stack([split.dataset[j] for j in idx])
+            if transform is not None:
+                from fercli.augment import augment_batch
+
+                x = augment_batch(x, transform, seeds[i])  # type: ignore[index]
+            yield x, idx
         return
     loader = torch.utils.data.DataLoader(split.dataset, batch_sampler=index_batches, num_workers=workers,
                                          persistent_workers=False)
-    for data, idx in zip(_worker_errors(loader), index_batches):
+    for i, (data, idx) in enumerate(zip(_worker_errors(loader), index_batches)):
+        if transform is not None:
+            from fercli.augment import augment_batch
+
+            data = augment_batch(data, transform, seeds[i])  # type: ignore[index]
         yield data, idx
-
-
-def augment(x: torch.Tensor, flip: float, generator: torch.Generator, shift: float = 0.0) -> torch.Tensor:
-    """The training augmentation preset on a uint8 batch ``(B, 3, S, S)``.
-
-    The paper's is a random horizontal flip with probability ``flip``. ``shift > 0`` adds a random
-    translation of up to ``shift x S`` pixels in each direction (edges reflected), which matters when
-    training from scratch on small faces (FERPlus) where the paper's pre-training is not available.
-    """
-    if flip > 0:
-        mask = torch.rand(x.shape[0], generator=generator) < flip
-        if mask.any():
-            x = x.clone()
-            x[mask] = x[mask].flip(-1)
-    m = int(round(shift * x.shape[-1]))
-    if m > 0:
-        size = x.shape[-1]
-        # reflect padding needs a float tensor; the values stay integral, so the round trip is exact
-        padded = torch.nn.functional.pad(x.float(), (m, m, m, m), mode="reflect").to(x.dtype)
-        offsets = torch.randint(0, 2 * m + 1, (x.shape[0], 2), generator=generator)
-        x = torch.stack([padded[i, :, dy:dy + size, dx:dx + size] for i, (dy, dx) in enumerate(offsets.tolist())])
-    return x
 
 
 def normalize(x: torch.Tensor, pre: Preprocess, device: torch.device, channels_last: bool = False) -> torch.Tensor:
@@ -237,6 +256,6 @@ def cache_dir_for(workspace_root: Path) -> Path:
 
 
 __all__ = [
-    "ArrayDataset", "DecodeDataset", "Split", "augment", "batches", "build_cache", "cache_dir_for", "epoch_order",
+    "ArrayDataset", "DecodeDataset", "Split", "batches", "build_cache", "cache_dir_for", "epoch_order",
     "load_batches", "load_or_build_cache", "make_split", "normalize", "stratified_holdout",
 ]

@@ -3,7 +3,11 @@
 Writes ``report.json`` (every figure, the model's and manifest's sha256, split, image count, classes,
 how it was made), ``predictions.csv`` (one row per image: label, prediction, probabilities, so every
 figure can be recomputed by hand), ``confusion.csv`` (counts, rows = true class) and
-``confusion.png`` (normalised per row, class names on both axes).
+``confusion.png`` (normalised per row, class names on both axes) and ``reliability.png`` (accuracy
+against confidence per bin, :func:`fercli.calibration.plot_reliability`).
+
+Probabilities are the model's calibrated ones (``softmax(logits / T)``, T stored with the model);
+the report gives their ECE (15 bins) and NLL, and when T != 1 also those at T = 1 (``calibration.before``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fercli.calibration import TTA_MODES, calibration_bins, calibration_summary, plot_reliability
 from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
@@ -34,7 +39,7 @@ class EvalConfig:
     model: Path | None = None  # checkpoint or export; default: the workspace's student
     manifest: Path | None = None  # default: the workspace's dataset
     split: str = "test"
-    tta: str = "none"  # none or flip
+    tta: str | None = None  # none or flip; default: the model's recommendation (Classifier.tta)
     map: bool = False  # score on the shared classes when one class list is a subset of the other
     out: Path | None = None  # report directory; default: the workspace's eval/
     batch_size: int = 128
@@ -42,6 +47,9 @@ class EvalConfig:
     cache: bool = True
     device: str = "auto"
     threads: int | None = None
+    robustness: bool = False  # also score under the corruption suite (fercli.robustness)
+    corruptions: tuple[str, ...] = ()  # with robustness: these corruptions only; empty: the whole suite
+    robustness_seed: int = 0  # seeds the corruptions (noise); part of the corrupted images' cache key
 
 
 def compute_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str] | tuple[str, ...],
@@ -132,8 +140,12 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
     """Score a model on one split and write the report files (see the module docstring)."""
     if cfg.split not in SPLITS:
         raise FerError(f"--split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
-    if cfg.tta not in ("none", "flip"):
+    if cfg.tta is not None and cfg.tta not in TTA_MODES:
         raise FerError(f"--tta must be none or flip, got {cfg.tta!r}")
+    if cfg.robustness or cfg.corruptions:
+        from fercli.robustness import check_options
+
+        check_options(cfg.robustness, cfg.corruptions, cfg.robustness_seed)
     # A model may be scored on any dataset (cross-dataset evaluation), so the two are resolved
     # separately rather than checked against each other's provenance; classes are checked below.
     inputs = {"model": resolve_model(ws, cfg.model), "dataset": ws.resolve("dataset", cfg.manifest)}
@@ -163,12 +175,21 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
     cache = cache_dir_for(ws.root) if cfg.cache else None
     split = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, clf.preprocess.input_size,
                        cache, ws.sha256(m.path), cfg.workers, track)
+    tta = cfg.tta if cfg.tta is not None else clf.tta
     probs = np.empty((len(split), len(clf.classes)), dtype=np.float64)
+    # the same images at T = 1 ("before calibration"), from the same forward passes
+    raw = np.empty_like(probs) if clf.temperature != 1.0 else None
     index_batches = batches(list(range(len(split))), cfg.batch_size)
     for x, idx in track(load_batches(split, index_batches, cfg.workers), f"evaluating on {cfg.split}", len(index_batches)):
-        probs[idx] = clf.probs(normalize(x, clf.preprocess, device), tta_flip=cfg.tta == "flip")
+        views = clf.view_logits(normalize(x, clf.preprocess, device), tta_flip=tta == "flip")
+        probs[idx] = clf.probs_from_logits(views)
+        if raw is not None:
+            raw[idx] = clf.probs_from_logits(views, temperature=1.0)
     probs = probs[:, keep_cols]
     probs /= probs.sum(1, keepdims=True)  # renormalise when --map dropped output classes
+    if raw is not None:
+        raw = raw[:, keep_cols]
+        raw /= raw.sum(1, keepdims=True)
     label_names = rows[COL_LABEL].map(lambda i: m.classes[i]).to_numpy()
     y = np.array([classes.index(n) for n in label_names])
     votes = None
@@ -177,6 +198,10 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
         with np.errstate(invalid="ignore", divide="ignore"):
             votes = votes / votes.sum(1, keepdims=True)
     metrics = compute_metrics(y, probs, classes, votes)
+    calibration = calibration_summary(probs, y, clf.temperature)
+    calibration_detail: dict[str, Any] = {"bins": calibration_bins(probs, y)}
+    if raw is not None:
+        calibration_detail["before"] = calibration_summary(raw, y, 1.0)
 
     out_dir = Path(cfg.out) if cfg.out is not None else ws.default_path("eval").parent
     preds = pd.DataFrame({"path": rows[COL_PATH].to_numpy(), "label": label_names,
@@ -189,6 +214,8 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
     atomic_write_text(out_dir / "confusion.csv", _csv_text(confusion))
     title = f"{clf.arch} on {m.meta.get('dataset') or 'dataset'} {cfg.split} (acc {metrics['accuracy']:.3f})"
     plot_confusion(cm, classes, title, out_dir / "confusion.png")
+    plot_reliability(probs, y, f"{clf.arch} on {cfg.split}: T = {clf.temperature:.3g}, tta {tta}",
+                     out_dir / "reliability.png", before=raw)
 
     model_sha, manifest_sha = ws.sha256(clf.path), ws.sha256(m.path)
     report = {
@@ -196,14 +223,32 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
         "model": {"path": str(clf.path), "sha256": model_sha, "kind": clf.kind, "arch": clf.arch,
                   "classes": list(clf.classes), "input_size": clf.preprocess.input_size},
         "manifest": {"path": str(m.path), "sha256": manifest_sha, "split": cfg.split},
-        "classes": classes, "tta": cfg.tta, "mapped": mapping is not None, "excluded_by_map": dropped,
+        "classes": classes, "tta": tta, "tta_source": "option" if cfg.tta is not None else "model",
+        "mapped": mapping is not None, "excluded_by_map": dropped,
         **metrics,
+        "temperature": calibration["temperature"], "ece": calibration["ece"], "nll": calibration["nll"],
+        "calibration": {"ece_bins": len(calibration_detail["bins"]), **calibration_detail},
         "files": {k: str(out_dir / f) for k, f in (("predictions", "predictions.csv"), ("confusion_csv", "confusion.csv"),
-                                                    ("confusion_png", "confusion.png"))},
+                                                    ("confusion_png", "confusion.png"), ("reliability_png", "reliability.png"))},
         "provenance": make_provenance("eval", {"student" if clf.kind == "checkpoint" else "export": ws.input_ref(inputs["model"]),
                                                "dataset": ws.input_ref(inputs["dataset"])},
                                       {"split": cfg.split, "accuracy": round(metrics["accuracy"], 4)}, command),
     }
+    if cfg.robustness:  # the corruption suite: same rows, classes, model, temperature and TTA as above
+        from fercli import robustness as rb
+
+        rel = rows[COL_PATH].tolist()
+        figures = rb.score_suite(lambda x: clf.probs(normalize(x, clf.preprocess, device), tta_flip=tta == "flip"),
+                                 clf.preprocess.input_size, [m.root / p for p in rel], rel, y, classes,
+                                 manifest_sha=manifest_sha, cache_dir=cache, keep_cols=keep_cols,
+                                 corruptions=cfg.corruptions, seed=cfg.robustness_seed, batch_size=cfg.batch_size,
+                                 workers=cfg.workers, track=track)
+        report["robustness"] = rb.write_outputs(
+            rb.report(figures, model=report["model"], manifest=report["manifest"], tta=tta,
+                      temperature=clf.temperature, eval_accuracy=metrics["accuracy"]),
+            out_dir, f"{clf.arch} on {m.meta.get('dataset') or 'dataset'} {cfg.split}")
+        report["files"].update(robustness_json=str(out_dir / "robustness.json"),
+                               robustness_png=str(out_dir / "robustness.png"))
     atomic_write_json(out_dir / "report.json", report)
     ws.record("eval", out_dir / "report.json")
     return EvalResult(out_dir, report, inputs)

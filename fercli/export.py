@@ -2,10 +2,14 @@
 inference checkpoint (no optimiser state, optionally fp16 weights) that fercli loads like any other.
 
 The exported graph takes a float32 batch ``(N, 3, S, S)`` (dynamic N) normalised with the stored
-mean/std and returns logits ``(N, classes)``. The class list and preprocessing travel with the file:
+mean/std and returns raw logits ``(N, classes)``. The class list, preprocessing and calibration
+(``temperature``: probabilities are ``softmax(logits / temperature)``; ``tta``: the recommended
+test-time augmentation) travel with the file. The temperature is stored, not folded into the graph,
+so the output means the same in every format (``Classifier.logits`` stays raw everywhere) and the
+parity check compares the very logits the eager model produces:
 
 * ONNX: ``metadata_props`` (``fercli`` = the JSON below, plus ``classes``, ``input_size``, ``mean``,
-  ``std`` as plain strings for other runtimes);
+  ``std``, ``temperature``, ``tta`` as plain strings for other runtimes);
 * TorchScript: an extra file ``fercli.json`` inside the archive (``torch.jit.load(path,
   _extra_files={"fercli.json": ""})``);
 * checkpoint: a fercli checkpoint (``.pt``) without ``train_state``; with ``--half`` its floating-point
@@ -32,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fercli.calibration import model_temperature, model_tta
 from fercli.checkpoint import library_versions, model_from_checkpoint
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_bytes, atomic_write_json, safe_torch_load
@@ -70,7 +75,8 @@ class ExportResult:
         m = self.meta
         return {"path": str(self.path), "sidecar": str(self.sidecar), "format": self.format,
                 "arch": m.get("arch"), "classes": m.get("classes"), "input_size": m.get("input_size"),
-                "mean": m.get("mean"), "std": m.get("std"), "max_abs_diff": self.max_abs_diff,
+                "mean": m.get("mean"), "std": m.get("std"), "temperature": m.get("temperature"), "tta": m.get("tta"),
+                "max_abs_diff": self.max_abs_diff,
                 "parity": {str(k): v for k, v in self.parity.items()}, "bytes": self.path.stat().st_size}
 
 
@@ -133,7 +139,8 @@ def ort_session(data: bytes | str | os.PathLike[str], threads: int | None = None
 
 
 def export_meta(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """What a deployed model needs to be fed and read: classes and preprocessing, plus identity."""
+    """What a deployed model needs to be fed and read: classes, preprocessing, calibration, identity."""
+    temperature = model_temperature(ckpt, "checkpoint")
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "export",
@@ -146,7 +153,10 @@ def export_meta(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
         "std": list(ckpt["std"]),
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, int(ckpt["input_size"]), int(ckpt["input_size"])],
                   "dtype": "float32", "layout": "NCHW, RGB, (x / 255 - mean) / std"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(ckpt["classes"])], "meaning": "logits; softmax for probabilities"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(ckpt["classes"])],
+                   "meaning": "raw logits; probabilities = softmax(logits / temperature)"},
+        "temperature": temperature,
+        "tta": model_tta(ckpt, "checkpoint"),
         "versions": library_versions(),
     }
 
@@ -213,7 +223,8 @@ def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[
         onnx, _ = _require_onnx()
         proto = onnx.load_from_string(onnx_bytes(model, size, cfg.opset))
         props = {"fercli": json.dumps(meta), "classes": json.dumps(meta["classes"]), "input_size": str(size),
-                 "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"])}
+                 "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+                 "temperature": repr(float(meta["temperature"])), "tta": meta["tta"]}
         for key, value in props.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value

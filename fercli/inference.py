@@ -2,13 +2,15 @@
 
 `fer eval` and `fer predict` both go through :class:`Classifier`, so a face gets the same
 preprocessing (the preset stored with the model) and the same probabilities whichever command, and
-whichever backend, produced them.
+whichever backend, produced them. Probabilities are ``softmax(logits / T)`` with the model's stored
+temperature ``T`` (1 when it has none; :mod:`fercli.calibration`), for checkpoints and exports alike.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fercli.calibration import DEFAULT_TEMPERATURE, DEFAULT_TTA, model_temperature, model_tta, softmax
 from fercli.errors import FerError
 from fercli.fileio import sha256_file
 from fercli.schema import read_artifact_meta
@@ -63,7 +66,7 @@ def resolve_model(ws: Workspace, explicit: str | os.PathLike[str] | None = None)
 
 @dataclass
 class Classifier:
-    """A loaded expression classifier: its classes, its preprocessing, and a batch forward."""
+    """A loaded expression classifier: its classes, its preprocessing, its calibration and a batch forward."""
 
     path: Path
     kind: str  # checkpoint, onnx, torchscript
@@ -73,6 +76,8 @@ class Classifier:
     device: torch.device
     _model: Any = None
     _session: Any = None
+    temperature: float = DEFAULT_TEMPERATURE  # probs() = softmax(logits / temperature)
+    tta: str = DEFAULT_TTA  # the model's recommended test-time augmentation (the --tta default)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu", threads: int | None = None) -> Classifier:
@@ -84,18 +89,23 @@ class Classifier:
 
             meta = read_export_meta(path)
             pre = preset_from_meta(meta)
+            # Exports older than calibration have neither key: plain softmax, no TTA.
+            calib = {"temperature": model_temperature(meta, str(path)), "tta": model_tta(meta, str(path))}
             if path.suffix.lower() == ".onnx":
                 session = ort_session(path, threads=threads, device=device.type)
-                return cls(path, "onnx", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _session=session)
+                return cls(path, "onnx", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _session=session,
+                           **calib)
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern
                 warnings.simplefilter("ignore", FutureWarning)
                 model = torch.jit.load(str(path), map_location=device).eval()
-            return cls(path, "torchscript", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _model=model)
+            return cls(path, "torchscript", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _model=model,
+                       **calib)
         from fercli.checkpoint import model_from_checkpoint
 
-        model, ckpt = model_from_checkpoint(path)
+        model, ckpt = model_from_checkpoint(path)  # load_checkpoint has checked temperature and tta
         return cls(path, "checkpoint", ckpt["arch"], tuple(ckpt["classes"]), preset_from_meta(ckpt), device,
-                   _model=model.to(device).eval())
+                   _model=model.to(device).eval(), temperature=model_temperature(ckpt, str(path)),
+                   tta=model_tta(ckpt, str(path)))
 
     @property
     def sha256(self) -> str:
@@ -103,25 +113,29 @@ class Classifier:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> np.ndarray:
-        """Logits (N, C) for a normalised float batch (N, 3, S, S)."""
+        """Raw logits (N, C) for a normalised float batch (N, 3, S, S); the temperature is not applied."""
         if self._session is not None:
             name = self._session.get_inputs()[0].name
             return self._session.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0]
         return self._model(x.to(self.device)).float().cpu().numpy()
 
-    def probs(self, x: torch.Tensor, tta_flip: bool = False) -> np.ndarray:
-        """Softmax probabilities (N, C) in float64; ``tta_flip`` averages with the mirrored batch."""
-        p = _softmax(self.logits(x))
+    def view_logits(self, x: torch.Tensor, tta_flip: bool = False) -> list[np.ndarray]:
+        """Raw logits of each test-time view: the batch, and with ``tta_flip`` also its mirror."""
+        views = [self.logits(x)]
         if tta_flip:
-            p = (p + _softmax(self.logits(x.flip(-1)))) / 2
-        return p
+            views.append(self.logits(x.flip(-1)))
+        return views
 
+    def probs_from_logits(self, views: Sequence[np.ndarray], temperature: float | None = None) -> np.ndarray:
+        """The mean over ``views`` of ``softmax(logits / T)`` (float64), T = the model's temperature
+        unless given (``temperature=1.0`` gives the uncalibrated probabilities)."""
+        t = self.temperature if temperature is None else temperature
+        return sum(softmax(v, t) for v in views) / len(views)
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    def probs(self, x: torch.Tensor, tta_flip: bool = False) -> np.ndarray:
+        """Calibrated probabilities (N, C) in float64: ``softmax(logits / temperature)``; ``tta_flip``
+        averages them with the mirrored batch's."""
+        return self.probs_from_logits(self.view_logits(x, tta_flip))
 
 
 def class_mapping(model_classes: tuple[str, ...], data_classes: tuple[str, ...], allow_map: bool, model_name: str,

@@ -55,11 +55,20 @@ def dice(probs: torch.Tensor, onehot: torch.Tensor, eps: float = 1.0) -> torch.T
     return (2 * (onehot * probs).sum() + eps) / (onehot.sum() + probs.sum() + eps)
 
 
+def soft_onehot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Class indices (N,) or already soft rows (N, C) -> float rows, with label smoothing ``smoothing``."""
+    t = labels.float() if labels.is_floating_point() else F.one_hot(labels, num_classes).float()
+    return t * (1 - smoothing) + smoothing / num_classes if smoothing else t
+
+
 def combo_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, beta: float = 0.5,
-               eps: float = 1.0) -> torch.Tensor:
-    """Eq. 6: ``alpha * weighted_ce - (1 - alpha) * dice`` on the single labels (class indices)."""
+               eps: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
+    """Eq. 6: ``alpha * weighted_ce - (1 - alpha) * dice`` on the single labels.
+
+    ``labels`` are class indices, or soft one-hot rows (MixUp/CutMix mixes them).
+    """
     probs = F.softmax(logits.float(), dim=1)
-    onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    onehot = soft_onehot(labels, probs.shape[1], smoothing)
     return alpha * weighted_ce(probs, onehot, beta) - (1 - alpha) * dice(probs, onehot, eps)
 
 
@@ -73,26 +82,42 @@ class LossConfig:
     dice_eps: float = 1.0
     kl_weight: float = 1.0  # weight of eq. 5; only used when target distributions are given
     kl_reduction: str = "paper"
+    label_smoothing: float = 0.0  # on the single-label part (CE, or the combo loss's one-hots)
+    tau: float = 0.0  # logit adjustment (Menon et al. 2021): train on logits + tau * log(prior)
+
+
+LOSSES = ("combo", "ce")
+KL_REDUCTIONS = ("paper", "batchmean")
 
 
 class LFERLoss(torch.nn.Module):
-    """``kl_weight * KL(target || softmax) + (combo | ce)(labels)``; returns the total and its parts."""
+    """``kl_weight * KL(target || softmax) + (combo | ce)(labels)``; returns the total and its parts.
 
-    def __init__(self, cfg: LossConfig) -> None:
+    With ``prior`` (class frequencies) and ``cfg.tau > 0`` both parts see the logit-adjusted logits
+    ``logits + tau * log(prior)`` (Menon et al. 2021): the network's own logits then stop favouring
+    frequent classes, and inference uses them unadjusted. Options are validated by the stage config
+    (:func:`fercli.training.validate_train_config`); this class trusts them.
+    """
+
+    def __init__(self, cfg: LossConfig, prior: torch.Tensor | None = None) -> None:
         super().__init__()
-        if cfg.loss not in ("combo", "ce"):
-            raise ValueError(f"unknown loss {cfg.loss!r} (combo or ce)")
-        if not 0.0 <= cfg.alpha <= 1.0 or not 0.0 <= cfg.beta <= 1.0:
-            raise ValueError("alpha and beta must lie in [0, 1]")
         self.cfg = cfg
+        adjust = None
+        if prior is not None and cfg.tau:
+            adjust = cfg.tau * torch.log(prior.float().clamp_min(1e-12) / prior.float().sum())
+        self.register_buffer("adjust", adjust, persistent=False)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
                 target: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``labels``: class indices (N,) or soft one-hot rows (N, C); ``target``: distributions (N, C)."""
         cfg = self.cfg
+        if self.adjust is not None:
+            logits = logits.float() + self.adjust.to(logits.device)
         if cfg.loss == "combo":
-            single = combo_loss(logits, labels, cfg.alpha, cfg.beta, cfg.dice_eps)
+            single = combo_loss(logits, labels, cfg.alpha, cfg.beta, cfg.dice_eps, cfg.label_smoothing)
         else:
-            single = F.cross_entropy(logits.float(), labels)
+            single = F.cross_entropy(logits.float(), labels.float() if labels.is_floating_point() else labels,
+                                     label_smoothing=cfg.label_smoothing)
         parts = {cfg.loss: float(single.detach())}
         total = single
         if target is not None and cfg.kl_weight:

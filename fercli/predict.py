@@ -24,6 +24,7 @@ from fercli.align.detectors import HAAR, auto_detector
 from fercli.align.core import select_faces
 from fercli.align.imageio import ImageProblem, LoadedImage
 from fercli.align.transform import align_face, box_crop, check_geometry
+from fercli.calibration import TTA_MODES
 from fercli.data import normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
@@ -54,7 +55,7 @@ class PredictConfig:
     detect_size: int = 640
     no_detect: bool = False  # each image is already an aligned face
     every: int = 30  # video: classify every N-th frame
-    tta: str = "none"
+    tta: str | None = None  # none or flip; default: the model's recommendation (Classifier.tta)
     batch_size: int = 8  # images per detector forward pass, as `fer align --batch-size`
     device: str = "auto"
     threads: int | None = None
@@ -94,6 +95,7 @@ class PredictResult:
     annotated: list[Path]
     detector: str | None = None  # None with --no-detect
     detector_note: str | None = None  # why --detector auto chose it
+    tta: str = "none"  # the test-time augmentation used (--tta, else the model's recommendation)
 
     @property
     def failed(self) -> int:
@@ -186,7 +188,7 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
         raise FerError("nothing to predict: name image files, folders, glob patterns or videos")
     if cfg.every < 1:
         raise FerError(f"--every must be >= 1, got {cfg.every}")
-    if cfg.tta not in ("none", "flip"):
+    if cfg.tta is not None and cfg.tta not in TTA_MODES:
         raise FerError(f"--tta must be none or flip, got {cfg.tta!r}")
     if cfg.faces not in ("all", "largest", "best"):
         raise FerError(f"--faces must be all, largest or best, got {cfg.faces!r}")
@@ -202,6 +204,7 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
         on_model(model_art)
     device = resolve_device(cfg.device)
     clf = Classifier.load(model_art.path, device, cfg.threads)
+    tta = cfg.tta if cfg.tta is not None else clf.tta
     name, why = (cfg.detector, None) if cfg.detector != "auto" else auto_detector(cfg.detector_weights)
     detector = None if cfg.no_detect else load_detector(name, cfg.detector_weights, device, cfg.detect_size)
 
@@ -257,12 +260,12 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             results.append(ImageResult(path, status=exc.status, reason=exc.reason))
     flush()
 
-    # Classify every face in batches, with the same normalisation as `fer eval`.
+    # Classify every face in batches, with the same normalisation (and calibration) as `fer eval`.
     probs = np.empty((len(crops), len(clf.classes)))
     for start in range(0, len(crops), CLASSIFY_BATCH):
         chunk = np.stack(crops[start:start + CLASSIFY_BATCH])
         x = normalize(torch.from_numpy(chunk).permute(0, 3, 1, 2), clf.preprocess, device)
-        probs[start:start + len(chunk)] = clf.probs(x, tta_flip=cfg.tta == "flip")
+        probs[start:start + len(chunk)] = clf.probs(x, tta_flip=tta == "flip")
     for (res, j, box, score), p in zip(owners, probs):
         label = clf.classes[int(p.argmax())]
         res.faces.append(FaceResult(j, box, score, label, {c: round(float(v), 6) for c, v in zip(clf.classes, p)}))
@@ -286,4 +289,4 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             annotate(image, res.faces, dest)
             annotated.append(dest)
     return PredictResult(model_art, clf, results, annotated, None if detector is None else name,
-                         None if detector is None else why)
+                         None if detector is None else why, tta)

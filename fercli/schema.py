@@ -49,6 +49,12 @@ CHECKPOINT_KEYS = (
     "format", "schema_version", "arch", "model_args", "classes", "input_size", "mean", "std",
     "state_dict", "config", "metrics", "versions", "provenance",
 )
+# Optional keys and their meaning when absent (checked by fercli.checkpoint.load_checkpoint):
+# temperature: softmax temperature fitted by `fer calibrate` (probabilities = softmax(logits / T));
+# tta: the recommended test-time augmentation ("none" or "flip"), the default of `fer eval`/`fer predict`;
+# calibration: how the temperature was fitted (split, manifest sha256, ECE/NLL before and after);
+# weights_dtype: "float16" in `fer export --format checkpoint --half` files.
+CHECKPOINT_OPTIONAL_KEYS: dict[str, object] = {"temperature": 1.0, "tta": "none", "calibration": None, "weights_dtype": "float32"}
 
 # ---- manifest columns -----------------------------------------------------------------------
 SPLITS = ("train", "valid", "test")

@@ -30,6 +30,7 @@ def test_model_rebuilds_from_the_file_alone(tmp_path):
     assert raw["arch"] == "lfer" and raw["classes"] == list(CLASSES_7) and raw["input_size"] == 64
     assert raw["mean"] == pytest.approx([0.485, 0.456, 0.406]) and raw["std"] == pytest.approx([0.229, 0.224, 0.225])
     assert {"fercli", "torch", "torchvision"} <= set(raw["versions"])
+    assert raw["temperature"] == 1.0 and raw["tta"] == "none"  # uncalibrated until `fer calibrate`
     rebuilt, ck = model_from_checkpoint(tmp_path / "a.pt")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

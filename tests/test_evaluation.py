@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from _fab import ferplus_subset, make_pattern_folder
 
+from fercli.calibration import expected_calibration_error
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.cli import app
 from fercli.errors import FerError
@@ -58,7 +59,9 @@ def test_eval_agrees_with_hand_computation(ferplus_ws: Workspace):
             assert rep["per_class"][c]["recall"] == pytest.approx((rows["pred"] == c).mean())
     cm = pd.crosstab(preds["label"], preds["pred"]).reindex(index=CLASSES_8, columns=CLASSES_8, fill_value=0)
     assert rep["confusion"] == cm.to_numpy().tolist()
-    assert (res.out_dir / "confusion.png").stat().st_size > 1000
+    assert (res.out_dir / "confusion.png").stat().st_size > 1000 and (res.out_dir / "reliability.png").is_file()
+    assert rep["ece"] == pytest.approx(expected_calibration_error(probs, preds["label"].map(CLASSES_8.index).to_numpy()),
+                                       abs=1e-4)
     assert pd.read_csv(res.out_dir / "confusion.csv").iloc[:, 1:].to_numpy().tolist() == rep["confusion"]
     assert rep["model"]["sha256"] == ferplus_ws.sha256(ferplus_ws.current_path("student"))
     assert rep["manifest"]["split"] == "valid" and rep["classes"] == list(CLASSES_8)
@@ -109,5 +112,7 @@ def test_eval_cli_in_a_workspace(runner, workspace: Path):
     assert "using student (workspace): student/best.pt" in res.stderr
     rep = json.loads(res.stdout)
     assert rep["images"] == 21 and set(rep["per_class"]) == set(CLASSES_7)
+    assert rep["temperature"] == 1.0 and 0 <= rep["ece"] <= 1 and rep["nll"] > 0 and rep["tta"] == "none"
+    assert (workspace / "eval" / "reliability.png").stat().st_size > 1000
     res = runner.invoke(app, ["eval", "--split", "valid"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "precision" in res.stdout and "wrote eval/report.json" in res.stdout

@@ -45,6 +45,7 @@ def test_onnx_export_through_the_cli(runner, workspace, student):
     inside = read_export_meta(path)
     assert inside["classes"] == list(CLASSES_7) and inside["input_size"] == 64
     assert inside["mean"] == pytest.approx([0.485, 0.456, 0.406]) and inside["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert inside["temperature"] == 1.0 and inside["tta"] == "none" and out["temperature"] == 1.0
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}

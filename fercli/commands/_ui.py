@@ -88,6 +88,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _lowest_recall(row: dict[str, Any]) -> str:
+    import math
+
+    recalls = {k[len("recall_"):]: v for k, v in row.items() if k.startswith("recall_") and not math.isnan(v)}
+    if not recalls:
+        return ""
+    worst = min(recalls, key=recalls.__getitem__)
+    return f" lowest recall {recalls[worst]:.2f} ({worst})"
+
+
 class RichTrainProgress:
     """:class:`fercli.training.TrainProgress` as a rich bar per epoch plus one table row per epoch."""
 
@@ -124,7 +134,7 @@ class RichTrainProgress:
         err.print(
             f"epoch {row['epoch']}: lr {row['lr']:.2g}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}"
             f"  | valid loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} mean-class {row['val_mean_class_acc']:.4f}"
-            f"  | {row['images_per_s']:,.0f} img/s", highlight=False,
+            f"{_lowest_recall(row)}  | {row['images_per_s']:,.0f} img/s", highlight=False,
         )
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -12,6 +12,7 @@ from rich.table import Table
 from fercli.commands import _ui
 from fercli.config import build_config
 from fercli.evaluation import EvalConfig, evaluate
+from fercli.workspace import Workspace
 
 EXAMPLE = """Examples:
 
@@ -22,6 +23,8 @@ EXAMPLE = """Examples:
   fer eval --model export/model.onnx --split valid       # an exported model, through ONNX Runtime
 
   fer eval rafdb7.parquet --model ferplus8.pt --map      # an 8-class model on a 7-class set
+
+  fer eval --robustness                                  # also accuracy under 15 corruptions (robustness.json)
 """
 
 
@@ -30,7 +33,7 @@ def eval_(
     manifest: Optional[Path] = typer.Argument(None, help="Manifest \\[default: the workspace's dataset]."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student]."),
     split: Optional[str] = typer.Option(None, "--split", help="train, valid or test \\[default: test]."),
-    tta: Optional[str] = typer.Option(None, "--tta", help="none or flip (average with the mirrored face)."),
+    tta: Optional[str] = typer.Option(None, "--tta", help="none or flip (average with the mirrored face) \\[default: the model's recommendation, usually none]."),
     map_: Optional[bool] = typer.Option(None, "--map", help="Score on the shared classes when one class list contains the other."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory \\[default: WORKSPACE/eval]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Inference batch size."),
@@ -40,12 +43,19 @@ def eval_(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[eval] table."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    robustness: Optional[bool] = typer.Option(None, "--robustness", help="Also score under a fixed, seeded set of corruptions "
+                                              "(crop, rotation, blur, noise, JPEG, brightness, contrast, resolution, occlusion): "
+                                              "writes robustness.json and robustness.png."),
+    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="With --robustness: only these corruptions "
+                                              "(comma-separated names) \\[default: all]."),
 ) -> None:
-    """Accuracy, mean per-class accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    """Accuracy, mean per-class accuracy, per-class precision/recall/F1, the confusion matrix, and the
+    calibration of the probabilities (ECE over 15 bins, NLL, a reliability diagram)."""
     ws = _ui.state(ctx).workspace
     cfg = build_config(EvalConfig, "eval", dict(
         model=model, manifest=manifest, split=split, tta=tta, map=map_, out=out, batch_size=batch_size,
-        workers=workers, cache=cache, device=device, threads=threads), ws, config)
+        workers=workers, cache=cache, device=device, threads=threads, robustness=robustness,
+        corruptions=corruptions), ws, config)
     res = evaluate(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
     rep = res.report
     if json_out:
@@ -62,6 +72,36 @@ def eval_(
         v = rep["votes"]
         _ui.out.print(f"crowd votes ({v['images']:,} images): mean KL(votes || prediction) {v['mean_kl_votes_pred']:.4f}, "
                       f"agreement with the vote majority {v['vote_majority_agreement']:.4f}")
+    before = rep["calibration"].get("before")
+    _ui.out.print(f"calibration (temperature {rep['temperature']:.4g}): ECE {rep['ece']:.4f}, NLL {rep['nll']:.4f}"
+                  + (f" (at temperature 1: ECE {before['ece']:.4f}, NLL {before['nll']:.4f})" if before else "")
+                  + f"; tta {rep['tta']}" + (" (the model's recommendation)" if rep["tta_source"] == "model" else ""))
+    if "robustness" in rep:
+        _print_robustness(rep["robustness"], ws)
     if rep["excluded_by_map"]:
         _ui.out.print(f"--map: {rep['excluded_by_map']:,} images of classes the model lacks were not scored")
-    _ui.out.print(f"wrote {ws.rel(res.out_dir / 'report.json')}, predictions.csv, confusion.csv, confusion.png")
+    _ui.out.print(f"wrote {ws.rel(res.out_dir / 'report.json')}, predictions.csv, confusion.csv, confusion.png, "
+                  "reliability.png")
+
+
+def _delta(x: float) -> str:
+    return f"{x + 0.0:+.4f}"  # + 0.0: no "-0.0000"
+
+
+def _print_robustness(rob: dict[str, Any], ws: Workspace) -> None:
+    clean = rob["clean"]
+    table = Table(title=f"robustness: {len(rob['corruptions'])} corruptions, seed {rob['seed']}, made at "
+                        f"{rob['canonical_size']} px (clean: the same round trip, uncorrupted)")
+    for col in ("corruption", "severity", "accuracy", "Δ accuracy", "mean per-class", "Δ mean per-class"):
+        table.add_column(col, justify="left" if col in ("corruption", "severity") else "right")
+    table.add_row("clean", "", f"{clean['accuracy']:.4f}", "", f"{clean['mean_class_accuracy']:.4f}", "", end_section=True)
+    for name, v in rob["corruptions"].items():
+        table.add_row(name, v["severity"], f"{v['accuracy']:.4f}", _delta(-v["drop"]), f"{v['mean_class_accuracy']:.4f}",
+                      _delta(-v["drop_mean_class_accuracy"]), end_section=name == list(rob["corruptions"])[-1])
+    s = rob["summary"]
+    table.add_row("mean", "", f"{s['mean_accuracy']:.4f}", _delta(-s["mean_drop"]), f"{s['mean_mean_class_accuracy']:.4f}",
+                  _delta(s['mean_mean_class_accuracy'] - clean['mean_class_accuracy']))
+    table.add_row(f"worst ({s['worst']})", "", f"{s['worst_accuracy']:.4f}", _delta(-s["worst_drop"]),
+                  f"{s['worst_mean_class_accuracy']:.4f}", _delta(s['worst_mean_class_accuracy'] - clean['mean_class_accuracy']))
+    _ui.out.print(table)
+    _ui.out.print(f"wrote {ws.rel(rob['files']['json'])}, robustness.png")

@@ -38,8 +38,9 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript for deployment (dynamic batch), or to a slim checkpoint.
 
-    The class list, input size, mean and std are stored inside the file and in a sidecar
-    FILE.json. The export is run on random batches and compared with the eager model; it is
+    The class list, input size, mean, std, temperature and recommended tta are stored inside the
+    file and in a sidecar FILE.json (the output stays raw logits: divide by the temperature before
+    the softmax). The export is run on random batches and compared with the eager model; it is
     written only if the max abs difference is within the tolerance.
     """
     ws = _ui.state(ctx).workspace
@@ -62,6 +63,8 @@ def export(
         table.add_row("weights", result.meta["weights_dtype"] + " (computed in float32)")
     table.add_row("input", f"float32 (batch, 3, {summary['input_size']}, {summary['input_size']}), RGB, "
                            f"(x/255 - mean)/std, mean {summary['mean']}, std {summary['std']}")
+    table.add_row("output", f"raw logits; probabilities = softmax(logits / {summary['temperature']:.4g}) "
+                            f"(temperature), recommended tta {summary['tta']}")
     table.add_row("parity vs eager", ", ".join(f"batch {b}: {d:.2e}" for b, d in result.parity.items())
                   + f" (max abs diff {result.max_abs_diff:.2e} <= {result.meta['parity']['tolerance']:g})")
     _ui.out.print(table)

@@ -44,7 +44,7 @@ def predict(
     detect_size: Optional[int] = typer.Option(None, "--detect-size", help="Longest side of the detector input."),
     no_detect: Optional[bool] = typer.Option(None, "--no-detect", help="Treat each image as an aligned face."),
     every: Optional[int] = typer.Option(None, "--every", help="Videos: classify every N-th frame (30)."),
-    tta: Optional[str] = typer.Option(None, "--tta", help="none or flip."),
+    tta: Optional[str] = typer.Option(None, "--tta", help="none or flip \\[default: the model's recommendation]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector pass."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
@@ -63,6 +63,9 @@ def predict(
     res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
     if res.detector is not None:
         _ui.say(ctx, f"[dim]detector:[/] {res.detector}" + (f" (auto: {res.detector_note})" if res.detector_note else ""))
+    clf = res.classifier
+    if clf.temperature != 1.0 or res.tta != "none":
+        _ui.say(ctx, f"[dim]probabilities:[/] temperature {clf.temperature:.4g}, tta {res.tta}")
     classes = list(res.classifier.classes)
     if json_out:
         _ui.print_json([r.to_dict() for r in res.images])

@@ -32,17 +32,30 @@ OPTIONS: dict[str, tuple[Any, Any, bool]] = {
     "lr": (float, typer.Option(None, "--lr", help="SGD learning rate (paper: 0.01)."), True),
     "momentum": (float, typer.Option(None, "--momentum", help="SGD momentum (0.9)."), True),
     "weight_decay": (float, typer.Option(None, "--weight-decay", help="Weight decay (1e-4)."), True),
-    "lr_step": (int, typer.Option(None, "--lr-step", help="Multiply the lr by --lr-gamma every this many epochs."), True),
+    "nesterov": (bool, typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."), True),
+    "sched": (str, typer.Option(None, "--sched", help="Learning-rate schedule: step or cosine (per iteration)."), True),
+    "lr_step": (int, typer.Option(None, "--lr-step", help="--sched step: multiply the lr by --lr-gamma every this many epochs."), True),
     "lr_gamma": (float, typer.Option(None, "--lr-gamma", help="Step decay factor (0.1)."), True),
-    "balanced": (bool, typer.Option(None, "--balanced/--no-balanced", help="Class-balanced sampling."), True),
+    "warmup_epochs": (float, typer.Option(None, "--warmup-epochs", help="Linear warm-up from 1% of --lr over this many epochs (0: none)."), True),
+    "balance": (str, typer.Option(None, "--balance", help="Rare classes: none, sampler (class-balanced draws) or logit-adjust (Menon et al. 2021)."), True),
+    "tau": (float, typer.Option(None, "--tau", help="--balance logit-adjust: strength (1.0)."), True),
+    "augment": (str, typer.Option(None, "--augment", help="Augmentation preset: paper (flip + --shift), light or strong."), True),
+    "auto_augment": (str, typer.Option(None, "--auto-augment", help="Automatic policy on top: none, trivialwide or randaugment."), True),
+    "mix": (str, typer.Option(None, "--mix", help="none, mixup, cutmix or both (targets mix with the images)."), True),
+    "mix_alpha": (float, typer.Option(None, "--mix-alpha", help="MixUp's Beta(alpha, alpha) (0.2)."), True),
     "flip": (float, typer.Option(None, "--flip", help="Horizontal flip probability (0.5)."), True),
-    "shift": (float, typer.Option(None, "--shift", help="Random translation up to this fraction of the input size (0: off, as in the paper)."), True),
+    "shift": (float, typer.Option(None, "--shift", help="--augment paper: random translation up to this fraction of the input size (0: off, as in the paper)."), True),
+    "label_smoothing": (float, typer.Option(None, "--label-smoothing", help="Label smoothing of the single-label loss (0)."), True),
+    "ema": (float, typer.Option(None, "--ema", help="Keep an EMA of the weights with this decay (e.g. 0.999); it is validated, saved and exported."), True),
+    "select": (str, typer.Option(None, "--select", help="Best checkpoint by holdout acc or mean-class accuracy."), True),
+    "calibrate": (bool, typer.Option(None, "--calibrate/--no-calibrate", help="Fit a temperature on the holdout after training; stored in best.pt."), True),
     "loss": (str, typer.Option(None, "--loss", help="combo (eq. 6) or ce, on the single labels."), False),
     "alpha": (float, typer.Option(None, "--alpha", help="Combo loss: weight of the weighted CE vs Dice (0.5)."), False),
     "beta": (float, typer.Option(None, "--beta", help="Combo loss: FP/FN balance (0.2; 0.6 for AffectNet)."), False),
     "kl_weight": (float, typer.Option(None, "--kl-weight", help="Weight of KL(P || Q) (eq. 5)."), False),
     "kl_reduction": (str, typer.Option(None, "--kl-reduction", help="paper (/ N x C) or batchmean (/ N)."), False),
-    "targets": (str, typer.Option(None, "--targets", help="auto, teacher (labels file), votes (manifest dist_*), none."), False),
+    "targets": (str, typer.Option(None, "--targets", help="auto, teacher (labels file), votes (manifest dist_*), mix (both), none."), False),
+    "target_mix": (float, typer.Option(None, "--target-mix", help="--targets mix: weight of the crowd votes (0.5)."), False),
     "val_fraction": (float, typer.Option(None, "--val-fraction", help="Hold out this stratified fraction of train when there is no valid split."), True),
     "limit": (int, typer.Option(None, "--limit", help="Train on a stratified subset of this many images."), True),
     "seed": (int, typer.Option(None, "--seed", help="Seed for initialisation, order and augmentation."), True),
@@ -64,6 +77,10 @@ TRAIN_EXAMPLE = """Examples:
   fer train data/manifest.parquet --labels labels/labels.parquet --arch lfer --recipe rafdb
 
   fer train --targets votes --input-size 64 --epochs 30  # FERPlus crowd votes instead of a teacher
+
+  fer train --recipe ferplus-cpu                         # the strong small-face recipe (cosine, EMA, strong aug)
+
+  fer train --augment strong --sched cosine --warmup-epochs 2 --ema 0.999 --balance logit-adjust --tau 0.5
 
   torchrun --nproc_per_node=2 -m fercli train --epochs 1  # DistributedDataParallel (gloo on CPU, nccl on CUDA)
 """

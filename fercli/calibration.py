@@ -1,0 +1,335 @@
+"""Calibrated probabilities: temperature scaling (Guo et al. 2017), expected calibration error, NLL.
+
+A classifier's softmax is often over-confident. One scalar temperature ``T`` fitted on held-out
+logits (``softmax(z / T)``) fixes most of that without changing any prediction (the argmax is the
+same for every ``T > 0``). The fitted value is stored in the checkpoint (``temperature``) and applied
+by every consumer: `fer eval`, `fer predict`, exports (whose ``logits`` output stays raw; the
+temperature travels in their metadata). A checkpoint may also name its recommended test-time
+augmentation (``tta``: none or flip), the default of `fer eval` and `fer predict`.
+
+`fer calibrate` (:func:`calibrate`) fits ``T`` on a labelled split of a manifest and rewrites the
+checkpoint with it; :func:`temperature_for` does the same for a model in memory (the training
+engine's holdout). Both fit on the raw logits of the un-mirrored faces, whatever the model's ``tta``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fercli.errors import FerError
+from fercli.fileio import atomic_path
+from fercli.progress import Track, no_track
+
+if TYPE_CHECKING:  # runtime imports are local: checkpoint and inference import this module
+    from fercli.data import Split
+    from fercli.transforms import Preprocess
+    from fercli.workspace import Artifact, Workspace
+
+ECE_BINS = 15  # the usual choice (Guo et al. 2017)
+TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirrored face
+DEFAULT_TEMPERATURE = 1.0  # a checkpoint or export without a ``temperature`` key: plain softmax
+DEFAULT_TTA = "none"
+
+
+def check_temperature(value: object, where: str) -> float:
+    """``value`` as a float if it is a usable temperature (finite, > 0), else a FerError naming ``where``."""
+    # Strings and booleans are refused although float() takes them: a checkpoint stores a number.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise FerError(f"{where}: temperature {value!r} is not a number; refit it with `fer calibrate`")
+    t = float(value)
+    if not math.isfinite(t) or t <= 0:
+        raise FerError(f"{where}: temperature {value!r} must be a finite number > 0; refit it with `fer calibrate`")
+    return t
+
+
+def check_tta(value: object, where: str) -> str:
+    """``value`` if it is a known test-time augmentation (:data:`TTA_MODES`), else a FerError naming ``where``."""
+    if not isinstance(value, str) or value not in TTA_MODES:
+        raise FerError(f"{where}: tta must be one of {', '.join(TTA_MODES)}, got {value!r}")
+    return value
+
+
+def model_temperature(meta: Mapping[str, Any], where: str) -> float:
+    """The checkpoint's or export metadata's ``temperature`` (1.0 when absent), checked."""
+    value = meta.get("temperature")
+    return DEFAULT_TEMPERATURE if value is None else check_temperature(value, where)
+
+
+def model_tta(meta: Mapping[str, Any], where: str) -> str:
+    """The checkpoint's or export metadata's recommended ``tta`` ("none" when absent), checked."""
+    value = meta.get("tta")
+    return DEFAULT_TTA if value is None else check_tta(value, where)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` over axis 1, in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class."""
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
+    return float(-np.log(p).mean())
+
+
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float | None]]:
+    """Per confidence bin (equal width on [0, 1]): count, mean confidence, accuracy (None for an
+    empty bin, so the list is valid JSON)."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # bin i holds (edges[i], edges[i+1]]; confidence is never below 1/C > 0
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    out = []
+    for i in range(bins):
+        m = which == i
+        n = int(m.sum())
+        out.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": n,
+                    "confidence": float(conf[m].mean()) if n else None,
+                    "accuracy": float(correct[m].mean()) if n else None})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    total = len(labels)
+    if total == 0:
+        return float("nan")
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])  # type: ignore[operator]
+                     for b in calibration_bins(probs, labels, bins) if b["count"]))
+
+
+def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """The temperature ``T > 0`` minimising the NLL of ``softmax(logits / T)`` on these labels.
+
+    Optimised over ``log T`` (so ``T`` stays positive) with L-BFGS; deterministic for given inputs.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
+        raise FerError(f"cannot fit a temperature on logits of shape {tuple(z.shape)} and {len(y)} labels")
+    if not torch.isfinite(z).all():
+        raise FerError("cannot fit a temperature: the logits contain NaN or inf")
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    return check_temperature(t, "fitted temperature")
+
+
+def calibration_summary(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
+    """``{"temperature", "ece", "nll"}`` of probabilities made at ``temperature`` (what reports show)."""
+    return {"temperature": float(temperature), "ece": expected_calibration_error(probs, labels), "nll": nll(probs, labels)}
+
+
+def plot_reliability(probs: np.ndarray, labels: np.ndarray, title: str, dest: str | os.PathLike[str],
+                     before: np.ndarray | None = None, bins: int = ECE_BINS) -> None:
+    """A reliability diagram written atomically to ``dest`` (PNG).
+
+    Top: accuracy against confidence per equal-width bin (bars at the bins' accuracy, the gap to the
+    bins' mean confidence shaded), the diagonal of perfect calibration, and with ``before`` (the
+    same images' probabilities at T = 1) the uncalibrated curve. Bottom: the image count per bin.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = calibration_bins(probs, labels, bins)
+    width = 1.0 / bins
+    mids = np.array([(b["lo"] + b["hi"]) / 2 for b in rows])
+    counts = np.array([b["count"] for b in rows])
+    acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in rows])
+    conf = np.array([b["confidence"] if b["count"] else np.nan for b in rows])
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.2, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(mids, acc, width=width, edgecolor="black", color="tab:blue", alpha=0.8,
+           label=f"accuracy (ECE {expected_calibration_error(probs, labels, bins):.4f})")
+    has = counts > 0
+    ax.bar(mids[has], (conf - acc)[has], bottom=acc[has], width=width, color="tab:red", alpha=0.25, hatch="//",
+           edgecolor="tab:red", label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    if before is not None:
+        old = calibration_bins(before, labels, bins)
+        pts = [(b["confidence"], b["accuracy"]) for b in old if b["count"]]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, "o-", color="tab:orange", ms=3, lw=1,
+                    label=f"at T = 1 (ECE {expected_calibration_error(before, labels, bins):.4f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(mids, counts, width=width, edgecolor="black", color="tab:gray")
+    for m, n in zip(mids, counts):
+        if n:
+            axc.text(m, n, str(int(n)), ha="center", va="bottom", fontsize=6)
+    axc.set(xlabel="confidence (max probability)", ylabel="images")
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+# ---- fitting on a split (fer calibrate, and the training engine's holdout) ------------------
+@torch.no_grad()
+def split_logits(model: Callable[[torch.Tensor], torch.Tensor], split: Split, pre: Preprocess, device: torch.device | str,
+                 batch_size: int = 128, workers: int = 0, track: Track = no_track) -> np.ndarray:
+    """Raw logits ``(N, C)`` (float64) of ``model`` on every image of ``split``, in split order.
+
+    ``model`` is a module in eval mode (or any batch -> logits callable) already on ``device``;
+    images are normalised with ``pre`` exactly as `fer eval` does. No test-time augmentation.
+    """
+    from fercli.data import batches, load_batches, normalize
+
+    device = torch.device(device)
+    out: np.ndarray | None = None
+    index_batches = batches(list(range(len(split))), batch_size)
+    for x, idx in track(load_batches(split, index_batches, workers), "computing logits", len(index_batches)):
+        z = model(normalize(x, pre, device)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(split), z.shape[1]), dtype=np.float64)
+        out[idx] = z
+    if out is None:
+        raise FerError("cannot fit a temperature on an empty split")
+    return out
+
+
+def temperature_for(model: Callable[[torch.Tensor], torch.Tensor], split: Split, pre: Preprocess,
+                    device: torch.device | str, batch_size: int = 128, workers: int = 0,
+                    track: Track = no_track) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Fit the temperature of ``model`` on a labelled ``split``: ``(T, before, after)``.
+
+    ``before`` and ``after`` are :func:`calibration_summary` at T = 1 and at the fitted T, on the
+    same images (so "after" is optimistic: report it on another split with `fer eval`).
+    """
+    logits = split_logits(model, split, pre, device, batch_size, workers, track)
+    labels = split.labels.numpy()
+    t = fit_temperature(logits, labels)
+    return (t, calibration_summary(softmax(logits), labels, 1.0),
+            calibration_summary(softmax(logits, t), labels, t))
+
+
+@dataclass
+class CalibrateConfig:
+    """Options of `fer calibrate` (the ``[calibrate]`` table of a config file)."""
+
+    model: Path | None = None  # a fercli checkpoint; default: the workspace's student
+    manifest: Path | None = None  # default: the workspace's dataset
+    split: str = "valid"  # fit on held-out images, never on the test split you report
+    out: Path | None = None  # default: rewrite the checkpoint in place
+    batch_size: int = 128
+    workers: int = 2
+    cache: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class CalibrateResult:
+    source: Path  # the checkpoint read
+    path: Path  # the checkpoint written (== source when in place)
+    temperature: float  # fitted
+    previous: float  # the temperature the checkpoint had before
+    before: dict[str, float]  # calibration_summary at T = 1
+    after: dict[str, float]  # calibration_summary at the fitted T
+    images: int
+    split: str
+    inputs: dict[str, Artifact]
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": str(self.source), "out": str(self.path), "in_place": self.source.resolve() == self.path.resolve(),
+                "split": self.split, "images": self.images, "temperature": self.temperature,
+                "previous_temperature": self.previous, "before": self.before, "after": self.after, "ece_bins": ECE_BINS}
+
+
+def calibrate(cfg: CalibrateConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
+              on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> CalibrateResult:
+    """Fit a checkpoint's temperature on one labelled split and write the checkpoint with it.
+
+    The split's images go through the same cache, decoding and normalisation as `fer eval`; the
+    model's raw logits (no test-time augmentation) are fitted with :func:`fit_temperature`. The
+    checkpoint is rewritten atomically (in place unless ``cfg.out``) with ``temperature`` set and a
+    ``calibration`` record (split, manifest sha256, ECE/NLL before and after); weights, classes and
+    provenance are unchanged, so predictions (the argmax) are too. The bundled model is refused
+    unless ``cfg.out`` names another file.
+    """
+    from fercli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from fercli.data import cache_dir_for, make_split
+    from fercli.device import resolve_device
+    from fercli.inference import EXPORT_SUFFIXES, resolve_model
+    from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, now_iso, read_manifest
+    from fercli.transforms import preset_from_meta
+
+    if cfg.split not in SPLITS:
+        raise FerError(f"--split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    if cfg.batch_size < 1:
+        raise FerError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if cfg.workers < 0:
+        raise FerError(f"--workers must be >= 0, got {cfg.workers}")
+    if cfg.out is not None and Path(cfg.out).suffix.lower() not in (".pt", ".pth"):
+        raise FerError(f"{cfg.out}: --out must name a checkpoint (*.pt or *.pth)")
+    if cfg.model is not None and Path(cfg.model).suffix.lower() in EXPORT_SUFFIXES:
+        raise FerError(f"{cfg.model}: fer calibrate takes a fercli checkpoint, not an export; calibrate the "
+                       "checkpoint, then export it again (the temperature travels with the export)")
+    device = resolve_device(cfg.device)
+    model_art = resolve_model(ws, cfg.model)
+    if model_art.bundled and cfg.out is None:
+        raise FerError(f"{model_art.path}: is the bundled model, which is not rewritten in place; "
+                       "pass --out FILE.pt to write a calibrated copy")
+    inputs = {"model": model_art, "dataset": ws.resolve("dataset", cfg.manifest)}
+    if on_inputs is not None:
+        on_inputs(inputs)
+    ckpt = load_checkpoint(model_art.path)
+    model, _ = model_from_checkpoint(ckpt)
+    m = read_manifest(inputs["dataset"].path)
+    if tuple(ckpt["classes"]) != tuple(m.classes):
+        raise FerError(f"class lists differ: {model_art.path} has {', '.join(ckpt['classes'])}, {m.path} has "
+                       f"{', '.join(m.classes)}; calibrate on a manifest with the model's class list")
+    rows = m.labelled([cfg.split])
+    if rows.empty:
+        present = sorted(set(m.df[COL_SPLIT]))
+        raise FerError(f"{m.path}: no labelled images in split {cfg.split!r} (it has: {', '.join(present)}); "
+                       f"pass --split {present[-1] if present else 'valid'}")
+    pre = preset_from_meta(ckpt)
+    cache = cache_dir_for(ws.root) if cfg.cache else None
+    manifest_sha = ws.sha256(m.path)
+    split = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, pre.input_size, cache,
+                       manifest_sha, cfg.workers, track)
+    t, before, after = temperature_for(model.to(device).eval(), split, pre, device, cfg.batch_size, cfg.workers, track)
+    previous = float(ckpt.get("temperature", DEFAULT_TEMPERATURE))
+    out = Path(cfg.out) if cfg.out is not None else Path(model_art.path)
+    ckpt["temperature"] = t
+    ckpt["calibration"] = {
+        "method": "temperature scaling (NLL, L-BFGS on log T), raw logits without test-time augmentation",
+        "created": now_iso(), "command": command, "temperature": t, "previous_temperature": previous,
+        "split": cfg.split, "images": len(split), "ece_bins": ECE_BINS, "before": before, "after": after,
+        "manifest": {"path": ws.rel(m.path), "sha256": manifest_sha},
+        "source": {"path": ws.rel(model_art.path), "sha256": ws.sha256(model_art.path)},
+    }
+    save_checkpoint(out, ckpt)
+    return CalibrateResult(Path(model_art.path), out, t, previous, before, after, len(split), cfg.split, inputs)
+
+
+__all__ = [
+    "DEFAULT_TEMPERATURE", "DEFAULT_TTA", "ECE_BINS", "TTA_MODES", "CalibrateConfig", "CalibrateResult", "calibrate",
+    "calibration_bins", "calibration_summary", "check_temperature", "check_tta", "expected_calibration_error",
+    "fit_temperature", "model_temperature", "model_tta", "nll", "plot_reliability", "softmax", "split_logits",
+    "temperature_for",
+]
