@@ -147,7 +147,8 @@ def ensure_dataset() -> None:
 
 
 def _eval_summary(report: dict[str, Any]) -> dict[str, Any]:
-    keep = ("images", "accuracy", "mean_class_accuracy", "macro_f1", "classes", "per_class", "confusion", "votes")
+    keep = ("images", "accuracy", "mean_class_accuracy", "macro_f1", "classes", "per_class", "confusion", "votes",
+            "temperature", "ece", "nll", "calibration", "tta")
     return {k: report[k] for k in keep if k in report}
 
 

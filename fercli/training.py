@@ -475,6 +475,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
     return sched.SequentialLR(optimizer, [ramp, main], milestones=[warm])
 
 
+def _ema_with_warmup(decay: float) -> Callable[..., None]:
+    """An EMA update for :class:`torch.optim.swa_utils.AveragedModel` whose decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as timm's ModelEmaV3 does): with a fixed
+    0.999 the average would still be mostly the random initialisation after a short run."""
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if ema_params[0].is_floating_point():  # AveragedModel groups tensors by dtype
+            torch._foreach_lerp_(ema_params, params, 1 - d)
+        else:  # integer buffers (BatchNorm's num_batches_tracked): follow the model
+            for e, p in zip(ema_params, params):
+                e.copy_(p)
+
+    return update
+
+
 def _batch_seed(seed: int, epoch: int, step: int) -> int:
     return ((seed * 1_000_003 + epoch) * 1_000_003 + step) % (2**63 - 1)
 
@@ -509,8 +527,8 @@ class _Run:
         self.model = model
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
         if cfg.ema:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(cfg.ema),
+                                                           use_buffers=True)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0)
         train = data.train

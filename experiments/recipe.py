@@ -1,0 +1,186 @@
+"""The recipe study: the paper's question again under the modern recipe, and candidates for the bundled model.
+
+Every run uses experiments/protocol_recipe.toml (strong per-face augmentation, Nesterov SGD with a
+cosine schedule and warm-up, EMA weights, temperature calibration on the holdout; FERPlus valid is
+only the report split). Three groups of runs:
+
+* ``teacher``: a ResNet-18 trained with the recipe, then its label distributions (``fer gen-labels``);
+* ``compare`` (issue 13, item 5): {shufflenet_v2, lfer} x {single labels, teacher LDL}, each seed of
+  ``--seeds``, all at one shared budget ``--compare-epochs``;
+* ``candidates``: longer ``lfer`` runs for the bundled model: crowd-vote targets, and votes mixed
+  half and half with the teacher's distributions.
+
+    python experiments/recipe.py [--jobs 2] [--only teacher,compare,candidates] [--device cpu]
+
+On a GPU machine the same script runs everything at once (``--jobs 12 --device cuda``), with the
+augmentation in ``--workers`` worker processes per run. Each result JSON records the device it was
+made on. Results: experiments/results/recipe/<run>.json and teacher.json (``$FER_EXP_RESULTS`` overrides the folder).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import _common as c
+
+PROTOCOL = c.EXPERIMENTS / "protocol_recipe.toml"
+EXP = "recipe"
+RESULTS = Path(os.environ.get("FER_EXP_RESULTS", c.RESULTS / EXP))  # a smoke test writes elsewhere
+EXTRA: list[str] = []  # --extra: appended to every training command (e.g. --limit for a smoke test)
+TEACHER_DIR = c.WS / "runs" / EXP / "teacher-resnet18"
+LABELS = c.WS / "labels" / "recipe-teacher-resnet18.parquet"
+
+# item 5: the 2 x 2 comparison at one shared budget
+COMPARE: dict[str, list[Any]] = {
+    "shufflenet_v2": ["--arch", "shufflenet_v2", "--targets", "none"],
+    "shufflenet_v2_ldl": ["--arch", "shufflenet_v2", "--labels", LABELS, "--targets", "teacher"],
+    "lfer": ["--arch", "lfer", "--targets", "none"],
+    "lfer_ldl": ["--arch", "lfer", "--labels", LABELS, "--targets", "teacher"],
+}
+# candidates for the bundled model (seed 0, longer)
+CANDIDATES: dict[str, list[Any]] = {
+    "lfer_votes": ["--arch", "lfer", "--targets", "votes"],
+    "lfer_mix": ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5],
+}
+NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix"}
+
+
+def hardware(device: str) -> str:
+    """What a run was made on, for the result JSON."""
+    cores = os.cpu_count()
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)}, {cores} CPU cores"
+    return f"{platform.processor() or platform.machine()} CPU, {cores} cores"
+
+
+def _device_args(device: str, workers: int) -> list[Any]:
+    return ["--device", device, "--workers", workers]
+
+
+def run(name: str, seed: int, epochs: int, args: Sequence[Any], device: str, workers: int) -> dict[str, Any]:
+    """Train (or resume, or skip) one run of the study and score it on FERPlus valid."""
+    dest = RESULTS / f"{name}.json"
+    with c.exclusive(f"{EXP}-{name}"):
+        done = c.read_result(dest)
+        if done is not None:
+            return done
+        run_dir = c.WS / "runs" / EXP / name
+        logfile = c.WS / "logs" / EXP / f"{name}.log"
+        cmd = ["train", c.MANIFEST8, "--config", PROTOCOL, "--seed", seed, "--epochs", epochs, "--out", run_dir,
+               *args, *EXTRA, "--json"]
+        if (run_dir / "last.pt").is_file():
+            cmd.append("--resume")
+        t0 = time.time()
+        summary = c.fer(*cmd, *_device_args(device, workers), logfile=logfile)
+        if summary.get("stopped_at_step") is not None:
+            raise RuntimeError(f"{run_dir}: stopped early; rerun to resume")
+        result = {
+            "experiment": EXP, "run": name, "seed": seed, "epochs": epochs,
+            "command": "fer " + " ".join(_rel(a) for a in cmd if a != "--json"),
+            "protocol": PROTOCOL.relative_to(c.ROOT).as_posix(),
+            "device": device, "hardware": hardware(device), "workers": workers,
+            "train": {k: summary[k] for k in ("targets", "epochs_run", "best_epoch", "best_val_acc", "history",
+                                              "notes")},
+            "train_seconds": round(sum(r["seconds"] for r in summary["history"]), 1),
+            "wall_seconds": round(time.time() - t0, 1),
+            **c.evaluate(run_dir / "best.pt", run_dir, logfile),
+        }
+        c.write_result(dest, result)
+        c.log.info("%s: holdout %.4f, FERPlus valid %.4f (8), %s", name, result["train"]["best_val_acc"],
+                   result["ferplus_valid_8"]["accuracy"], hardware(device))
+        return result
+
+
+def teacher(epochs: int, device: str, workers: int) -> dict[str, Any]:
+    """The recipe's ResNet-18 teacher and its label distributions on train."""
+    dest = RESULTS / "teacher.json"
+    with c.exclusive(f"{EXP}-teacher"):
+        done = c.read_result(dest)
+        if done is not None and LABELS.is_file():
+            return done
+        logfile = c.WS / "logs" / EXP / "teacher.log"
+        cmd = ["pretrain-teacher", c.MANIFEST8, "--config", PROTOCOL, "--seed", 0, "--epochs", epochs,
+               "--out", TEACHER_DIR, *EXTRA, "--json"]
+        if (TEACHER_DIR / "last.pt").is_file():
+            cmd.append("--resume")
+        t0 = time.time()
+        summary = c.fer(*cmd, *_device_args(device, workers), logfile=logfile)
+        labels = c.fer("gen-labels", c.MANIFEST8, "--teacher", TEACHER_DIR / "best.pt", "--out", LABELS,
+                       "--device", device, "--json", logfile=logfile)
+        result = done or {
+            "experiment": EXP, "run": "teacher-resnet18", "epochs": epochs,
+            "command": "fer " + " ".join(_rel(a) for a in cmd if a != "--json"),
+            "device": device, "hardware": hardware(device), "workers": workers,
+            "train": {k: summary[k] for k in ("epochs_run", "best_epoch", "best_val_acc", "history")},
+            "train_seconds": round(sum(r["seconds"] for r in summary["history"]), 1),
+            "wall_seconds": round(time.time() - t0, 1),
+            "gen_labels": labels,
+            **c.evaluate(TEACHER_DIR / "best.pt", TEACHER_DIR, logfile),
+        }
+        c.write_result(dest, result)
+        return result
+
+
+def _rel(a: Any) -> str:
+    """Paths in recorded commands relative to the workspace, so JSONs do not depend on the machine."""
+    if isinstance(a, Path):
+        try:
+            return a.relative_to(c.WS).as_posix()
+        except ValueError:
+            return a.relative_to(c.ROOT).as_posix() if a.is_relative_to(c.ROOT) else a.name
+    return str(a)
+
+
+def tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epochs: int, teacher_epochs: int,
+          device: str, workers: dict[str, int]) -> list[c.Task]:
+    out: list[c.Task] = []
+    if groups & {"teacher", "compare", "candidates"}:
+        out.append(c.Task("teacher", lambda: teacher(teacher_epochs, device, workers["teacher"])))
+    if "candidates" in groups:  # the longest runs first, so they are not left for last
+        for name, args in CANDIDATES.items():
+            out.append(c.Task(name, lambda n=name, a=args: run(n, 0, candidate_epochs, a, device, workers["candidate"]),
+                              ("teacher",) if name in NEEDS_TEACHER else ()))
+    if "compare" in groups:
+        for seed in seeds:
+            for name, args in COMPARE.items():
+                run_name = f"{name}-s{seed}"
+                out.append(c.Task(run_name, lambda n=run_name, a=args, s=seed: run(n, s, compare_epochs, a, device,
+                                                                                   workers["compare"]),
+                                  ("teacher",) if name in NEEDS_TEACHER else ()))
+    return out
+
+
+def main() -> None:
+    p = c.parser(__doc__)
+    p.add_argument("--only", default="teacher,compare,candidates", help="groups to run (comma-separated)")
+    p.add_argument("--seeds", default="0,1", help="seeds of the comparison (default 0,1)")
+    p.add_argument("--compare-epochs", type=int, default=20, help="the comparison's shared budget (default 20)")
+    p.add_argument("--candidate-epochs", type=int, default=60, help="epochs of the bundled-model candidates")
+    p.add_argument("--teacher-epochs", type=int, default=30, help="epochs of the teacher (default 30)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--workers", default="0,0,0",
+                   help="augmentation worker processes per run: teacher,candidate,compare (default 0,0,0)")
+    p.add_argument("--extra", default="", help="extra options for every training command, e.g. '--limit 500'")
+    opts = p.parse_args()
+    EXTRA.extend(opts.extra.split())
+    c.setup_logging()
+    c.ensure_dataset()
+    w = [int(v) for v in opts.workers.split(",")]
+    workers = {"teacher": w[0], "candidate": w[1], "compare": w[2]}
+    groups = {g.strip() for g in opts.only.split(",") if g.strip()}
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    done = c.run_tasks(tasks(groups, seeds, opts.compare_epochs, opts.candidate_epochs, opts.teacher_epochs,
+                             opts.device, workers), opts.jobs)
+    for name, r in done.items():
+        c.log.info("%s: FERPlus valid %.4f (8)", name, r["ferplus_valid_8"]["accuracy"])
+
+
+if __name__ == "__main__":
+    main()
