@@ -128,6 +128,13 @@ def teacher(epochs: int, device: str, workers: int) -> dict[str, Any]:
         return result
 
 
+def _existing_teacher() -> dict[str, Any]:
+    done = c.read_result(RESULTS / "teacher.json")
+    if done is None or not LABELS.is_file():
+        raise RuntimeError(f"no teacher labels at {LABELS}: run `experiments/recipe.py --only teacher` first")
+    return done
+
+
 def _rel(a: Any) -> str:
     """Paths in recorded commands relative to the workspace, so JSONs do not depend on the machine."""
     if isinstance(a, Path):
@@ -141,8 +148,10 @@ def _rel(a: Any) -> str:
 def tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epochs: int, teacher_epochs: int,
           device: str, workers: dict[str, int]) -> list[c.Task]:
     out: list[c.Task] = []
-    if groups & {"teacher", "compare", "candidates"}:
+    if "teacher" in groups:
         out.append(c.Task("teacher", lambda: teacher(teacher_epochs, device, workers["teacher"])))
+    else:  # runs that need the teacher wait for a `--only teacher` run (e.g. on a GPU machine) to make it
+        out.append(c.Task("teacher", _existing_teacher))
     if "candidates" in groups:  # the longest runs first, so they are not left for last
         for name, args in CANDIDATES.items():
             out.append(c.Task(name, lambda n=name, a=args: run(n, 0, candidate_epochs, a, device, workers["candidate"]),

@@ -91,7 +91,8 @@ def build_cache(paths: Sequence[Path], size: int, dest: Path, workers: int = 0, 
 def load_or_build_cache(paths: Sequence[Path], rel_paths: Sequence[str], size: int, manifest_sha: str,
                         cache_dir: Path, workers: int = 0, track: Track = no_track) -> np.ndarray:
     """The decoded cache for these rows, built once and reused while the key matches."""
-    key = cache_key(manifest_sha, size, rel_paths)
+    # the manifest's identity is its content, not where the images sit: the absolute paths join the key
+    key = cache_key(manifest_sha, size, [str(p) for p in paths])
     dest = cache_dir / f"{key}.npy"
     info = cache_dir / f"{key}.json"
     if dest.is_file() and info.is_file():

@@ -9,6 +9,7 @@ list and provenance (which inputs, by sha256, made it; when; with which command)
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -277,6 +278,7 @@ def write_manifest(
 
     The image root is stored relative to the manifest's directory (so a workspace can be moved
     together with its data) and also as an absolute path (so the manifest alone can be moved).
+    If ``dest`` already holds the same content (:func:`content_sha256`) it is left untouched.
     """
     dest = Path(dest)
     classes = tuple(classes)
@@ -292,11 +294,62 @@ def write_manifest(
         "provenance": provenance or make_provenance("manifest"),
         **(extra_meta or {}),
     }
-    table = _to_arrow(df)
+    if not _write_table_if_changed(_to_arrow(df), meta, dest):
+        meta = read_parquet_meta(dest)  # identical content: the file (and its provenance) is kept as it was
+    return Manifest(df=df, classes=classes, root=root_abs, meta=meta, path=dest)
+
+
+# Metadata that says when, where and by what a table was written rather than what it holds: left out
+# of its content identity, so rewriting identical data (a rerun of import or align, the same dataset
+# imported on another machine) keeps every artifact made from it fresh.
+_VOLATILE_META = ("root", "root_abs")
+_VOLATILE_PROVENANCE = ("created", "command", "fercli_version")
+
+
+def content_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The content identity of a fercli parquet artifact (manifest or labels), or None for other files.
+
+    sha256 over the rows (column names, types and values, in Arrow's IPC encoding) and the metadata
+    without :data:`_VOLATILE_META` / :data:`_VOLATILE_PROVENANCE`, with inputs reduced to their
+    sha256. The workspace records and compares this instead of the file's bytes.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".parquet":
+        return None
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError):
+        return None
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        return None
+    return _table_identity(table, json.loads(raw))
+
+
+def _table_identity(table: pa.Table, meta: dict[str, Any]) -> str:
+    canon = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
+    prov = {k: v for k, v in (canon.get("provenance") or {}).items() if k not in _VOLATILE_PROVENANCE}
+    prov["inputs"] = {role: ref.get("sha256") if isinstance(ref, dict) else ref
+                      for role, ref in (prov.get("inputs") or {}).items()}
+    canon["provenance"] = prov
+    h = hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode())
+    sink = pa.BufferOutputStream()
+    data = table.replace_schema_metadata(None).combine_chunks()
+    with pa.ipc.new_stream(sink, data.schema) as writer:
+        writer.write_table(data)
+    h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
+
+
+def _write_table_if_changed(table: pa.Table, meta: dict[str, Any], dest: Path) -> bool:
+    """Write ``table`` with ``meta`` atomically unless ``dest`` already holds the same content
+    (then the file, its timestamp and its identity stay as they are); True if written."""
+    if dest.is_file() and content_sha256(dest) == _table_identity(table, meta):
+        return False
     table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp)
-    return Manifest(df=df, classes=classes, root=root_abs, meta=meta, path=dest)
+    return True
 
 
 def read_parquet_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -410,15 +463,13 @@ def validate_labels(df: pd.DataFrame, classes: tuple[str, ...] | list[str], src:
 
 def write_labels(df: pd.DataFrame, classes: tuple[str, ...] | list[str], dest: str | os.PathLike[str],
                  provenance: dict[str, Any], extra_meta: dict[str, Any] | None = None) -> None:
-    """Validate and write a label-distribution parquet atomically."""
+    """Validate and write a label-distribution parquet atomically (left untouched if the content is the same)."""
     dest = Path(dest)
     df = df[[COL_PATH, COL_SPLIT, COL_LABEL, *dist_columns(classes)]].reset_index(drop=True)
     validate_labels(df, classes, str(dest))
     meta = {"schema_version": SCHEMA_VERSION, "kind": LABELS_KIND, "classes": list(classes),
             "provenance": provenance, **(extra_meta or {})}
-    table = _to_arrow(df).replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
-    with atomic_path(dest) as tmp:
-        pq.write_table(table, tmp)
+    _write_table_if_changed(_to_arrow(df), meta, dest)
 
 
 def read_labels(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, dict[str, Any]]:

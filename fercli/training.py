@@ -565,7 +565,8 @@ class _Run:
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` (a last.pt) stopped."""
         ts = state.get("train_state") or {}
-        if state["arch"] != self.cfg.arch or ts.get("manifest_sha256") != self.manifest_sha:
+        manifest_ids = (self.manifest_sha, self.ws.file_sha256(self.data.manifest.path))  # runs made before content ids
+        if state["arch"] != self.cfg.arch or ts.get("manifest_sha256") not in manifest_ids:
             raise FerError(f"{self.last_path}: was trained with {state['arch']} on another manifest; it cannot be "
                            "resumed with these inputs (use --overwrite to start again)")
         if "scheduler_steps_per_epoch" not in ts:

@@ -25,7 +25,7 @@ from typing import Any
 from fercli.classes import check_same_classes
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_json, sha256_file
-from fercli.schema import ARTIFACT_FILES, CONFIG_FILES, STATE_FILE, read_artifact_meta
+from fercli.schema import ARTIFACT_FILES, CONFIG_FILES, STATE_FILE, content_sha256, read_artifact_meta
 
 ENV_VAR = "FER_WORKSPACE"
 
@@ -186,19 +186,30 @@ class Workspace:
         atomic_write_json(self.state_path, self._load_state())
 
     def sha256(self, path: str | os.PathLike[str]) -> str:
-        """sha256 of a file, cached in the state by (size, mtime) so large checkpoints hash once."""
+        """The identity recorded for an artifact: for fercli parquet tables (manifests, labels) the
+        sha256 of their content (:func:`fercli.schema.content_sha256`: rows and meaningful metadata,
+        not when or where they were written), for other files the sha256 of their bytes. Cached in
+        the state by (size, mtime) so large checkpoints hash once."""
+        return self._hashes(path)[0]
+
+    def file_sha256(self, path: str | os.PathLike[str]) -> str:
+        """sha256 of the file's bytes (what artifacts made before content identities recorded)."""
+        return self._hashes(path)[1]
+
+    def _hashes(self, path: str | os.PathLike[str]) -> tuple[str, str]:
         p = Path(path).resolve()
         st = p.stat()
         key = str(p)
         hashes = self._load_state()["hashes"]
         cached = hashes.get(key)
-        if cached and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
-            return cached[2]
-        digest = sha256_file(p)
-        hashes[key] = [st.st_size, st.st_mtime_ns, digest]
+        if cached and len(cached) == 4 and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
+            return cached[2], cached[3]
+        file_digest = sha256_file(p)
+        identity = content_sha256(p) or file_digest
+        hashes[key] = [st.st_size, st.st_mtime_ns, identity, file_digest]
         if self.root.is_dir():
             self._save_state()
-        return digest
+        return identity, file_digest
 
     def record(self, kind: str, path: str | os.PathLike[str]) -> None:
         """Make ``path`` the workspace's current artifact of ``kind`` (called after a stage writes it)."""
@@ -272,7 +283,8 @@ class Workspace:
             else:
                 continue
             sha = self.sha256(current)
-            if sha != ref.get("sha256"):
+            # refs written before content identities hold the file's sha256: still fresh if it matches
+            if ref.get("sha256") not in (sha, self.file_sha256(current)):
                 return (
                     f"{self.rel(art.path)} was made from {role} {ref.get('path')} (sha256 {_short(ref.get('sha256'))}) "
                     f"but {how} {self.rel(current)} (sha256 {_short(sha)})"

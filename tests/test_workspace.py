@@ -147,3 +147,35 @@ def test_config_precedence_and_errors(tmp_path: Path):
     (tmp_path / "bad3.toml").write_text("epochs = [\n")
     with pytest.raises(FerError, match="bad3.toml: malformed config"):
         build_config(DemoConfig, "train", {}, None, tmp_path / "bad3.toml")
+
+
+def test_rewriting_identical_data_keeps_everything_fresh(tmp_path: Path):
+    """A rerun of import on unchanged inputs leaves the manifest as it was; the same data imported
+    elsewhere (another root, another time) has the same identity, so what was made from it stays fresh."""
+    import os
+    import shutil
+
+    from _fab import make_ferplus
+
+    from fercli.importers import ImportConfig, run_import
+    from fercli.schema import content_sha256, read_artifact_meta
+
+    rows = [(f"fer{i:07d}.png", [6, 2, 0, 0, 2, 0, 0, 0, 0, 0]) for i in range(6)]
+    src = make_ferplus(tmp_path / "fp", {"FER2013Train": rows, "FER2013Valid": rows[:2]})
+    ws = Workspace(tmp_path / "ws")
+    out = run_import(ImportConfig(format="ferplus", src=src), ws).out
+    before = (out.read_bytes(), os.stat(out).st_mtime_ns, ws.sha256(out))
+    run_import(ImportConfig(format="ferplus", src=src), ws)
+    assert (out.read_bytes(), os.stat(out).st_mtime_ns, ws.sha256(out)) == before  # untouched
+    # the same data at another root, imported into another workspace later: the same identity
+    shutil.copytree(src, tmp_path / "elsewhere")
+    ws2 = Workspace(tmp_path / "ws2")
+    out2 = run_import(ImportConfig(format="ferplus", src=tmp_path / "elsewhere"), ws2).out
+    assert out2.read_bytes() != out.read_bytes()  # other root and time in the metadata ...
+    assert content_sha256(out2) == content_sha256(out) == ws2.sha256(out2)  # ... same content
+    assert read_artifact_meta(out2)["root_abs"] != read_artifact_meta(out)["root_abs"]
+    # different rows: a different identity
+    rows[0] = (rows[0][0], [0, 8, 2, 0, 0, 0, 0, 0, 0, 0])
+    make_ferplus(tmp_path / "fp", {"FER2013Train": rows, "FER2013Valid": rows[:2]})
+    out3 = run_import(ImportConfig(format="ferplus", src=src), ws).out
+    assert ws.sha256(out3) != before[2]

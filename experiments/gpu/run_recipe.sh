@@ -21,6 +21,7 @@ package() {
   for cand in lfer_votes lfer_mix; do
     [ -f "$runs/$cand/best.pt" ] && cp -f "$runs/$cand/best.pt" "$OUTDIR/$cand.pt"
   done
+  return 0
 }
 ( while sleep 60; do package; done ) & PACKER=$!
 timeout -k 5 "$BUDGET" python3 experiments/recipe.py --device cuda "$@" > "$OUTDIR/recipe.log" 2>&1
@@ -29,5 +30,10 @@ pkill -f "fercli" ; sleep 2
 kill $PACKER 2>/dev/null
 nvidia-smi >> "$OUTDIR/gpu.txt" 2>&1
 package
+# the teacher's weights, fp16, in pieces under the tool's 16 MB a file (cat teacher_fp16.pt.* > teacher_fp16.pt)
+if [ -f /tmp/ws/runs/recipe/teacher-resnet18/best.pt ]; then
+  python3 -m fercli -q export /tmp/ws/runs/recipe/teacher-resnet18/best.pt --format checkpoint --half \
+      -o /tmp/teacher_fp16.pt && split -b 15M /tmp/teacher_fp16.pt "$OUTDIR/teacher_fp16.pt."
+fi
 tail -40 "$OUTDIR/recipe.log"
 ls -la "$OUTDIR"
