@@ -128,6 +128,48 @@ def teacher(epochs: int, device: str, workers: int) -> dict[str, Any]:
         return result
 
 
+def adopt_teacher(src: Path) -> dict[str, Any]:
+    """Record a teacher trained on another machine (experiments/gpu/run_recipe.sh --only teacher).
+
+    ``src`` holds what that run brought back: ``teacher_fp16.pt`` (its best.pt, exported with
+    ``fer export --format checkpoint --half``), ``metrics.csv``, and the label distributions
+    ``recipe-teacher-resnet18.parquet`` that `fer gen-labels` made there. Because a manifest's identity
+    is its content, labels made from the same FERPlus elsewhere are fresh here. The teacher is scored
+    here, and teacher.json says where it was trained.
+    """
+    import csv
+    import shutil
+
+    import torch
+
+    TEACHER_DIR.mkdir(parents=True, exist_ok=True)
+    LABELS.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "teacher_fp16.pt", TEACHER_DIR / "best.pt")
+    shutil.copyfile(src / "metrics.csv", TEACHER_DIR / "metrics.csv")
+    shutil.copyfile(src / LABELS.name, LABELS)
+    ckpt = torch.load(TEACHER_DIR / "best.pt", weights_only=True)
+    source = ckpt.get("source_provenance") or {}
+    with open(TEACHER_DIR / "metrics.csv") as f:
+        history = [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    best = max(history, key=lambda r: r["val_acc"])
+    from fercli.schema import read_artifact_meta
+
+    labels_meta = read_artifact_meta(LABELS)
+    result = {
+        "experiment": EXP, "run": "teacher-resnet18", "epochs": len(history),
+        "command": source.get("command"), "device": "cuda", "hardware": src.joinpath("hardware.txt").read_text().strip()
+        if (src / "hardware.txt").is_file() else "GPU machine (device tool)",
+        "trained_elsewhere": "experiments/gpu/run_recipe.sh --only teacher; weights kept as fp16",
+        "train": {"epochs_run": len(history), "best_epoch": best["epoch"], "best_val_acc": best["val_acc"],
+                  "history": history},
+        "train_seconds": round(sum(r["seconds"] for r in history), 1),
+        "gen_labels": {"rows": None, **labels_meta.get("quality", {})},
+        **c.evaluate(TEACHER_DIR / "best.pt", TEACHER_DIR, c.WS / "logs" / EXP / "teacher.log"),
+    }
+    c.write_result(RESULTS / "teacher.json", result)
+    return result
+
+
 def _existing_teacher() -> dict[str, Any]:
     done = c.read_result(RESULTS / "teacher.json")
     if done is None or not LABELS.is_file():
@@ -176,11 +218,16 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--workers", default="0,0,0",
                    help="augmentation worker processes per run: teacher,candidate,compare (default 0,0,0)")
+    p.add_argument("--adopt-teacher", type=Path, help="record a teacher trained elsewhere (see adopt_teacher)")
     p.add_argument("--extra", default="", help="extra options for every training command, e.g. '--limit 500'")
     opts = p.parse_args()
     EXTRA.extend(opts.extra.split())
     c.setup_logging()
     c.ensure_dataset()
+    if opts.adopt_teacher:
+        r = adopt_teacher(opts.adopt_teacher)
+        c.log.info("teacher: FERPlus valid %.4f (8)", r["ferplus_valid_8"]["accuracy"])
+        return
     w = [int(v) for v in opts.workers.split(",")]
     workers = {"teacher": w[0], "candidate": w[1], "compare": w[2]}
     groups = {g.strip() for g in opts.only.split(",") if g.strip()}
