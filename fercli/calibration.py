@@ -190,6 +190,48 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, title: str, dest: st
 
 # ---- fitting on a split (fer calibrate, and the training engine's holdout) ------------------
 @torch.no_grad()
+def adjustment_curve(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray,
+                     taus: list[float] | tuple[float, ...]) -> list[dict[str, Any]]:
+    """Post-hoc logit adjustment (Menon et al. 2021): predictions of ``logits - tau * log(prior)`` per ``tau``.
+
+    Returns, per ``tau``: accuracy, mean per-class accuracy, every class's recall and the lowest.
+    A larger ``tau`` trades accuracy on frequent classes for recall on rare ones; choose the
+    operating point on a holdout, never on the report split.
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    log_prior = np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-12, None) / np.sum(prior))
+    present = [c for c in range(logits.shape[1]) if (labels == c).any()]
+    out = []
+    for tau in taus:
+        pred = (logits - tau * log_prior).argmax(1)
+        recall = [float((pred[labels == c] == c).mean()) if c in present else None for c in range(logits.shape[1])]
+        valid = [r for r in recall if r is not None]
+        out.append({"tau": float(tau), "accuracy": float((pred == labels).mean()),
+                    "mean_class_accuracy": float(np.mean(valid)), "min_recall": float(min(valid)), "recall": recall})
+    return out
+
+
+def fold_logit_adjustment(model: torch.nn.Module, shift: np.ndarray | torch.Tensor) -> str:
+    """Add ``shift`` (one value per class) to the bias of ``model``'s final classifier layer, in place.
+
+    The last ``nn.Linear`` / ``nn.Conv2d`` with one output per class and a bias is the layer that
+    makes the logits, so every consumer (eval, predict, exports) sees the adjusted logits without
+    knowing about it. Returns the parameter's name.
+    """
+    shift_t = torch.as_tensor(np.asarray(shift), dtype=torch.float32)
+    last = None
+    for name, module in model.named_modules():
+        out = getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and out == len(shift_t) and module.bias is not None:
+            last = (name, module)
+    if last is None:
+        raise FerError(f"no classifier layer with {len(shift_t)} outputs and a bias to fold the adjustment into")
+    name, module = last
+    with torch.no_grad():
+        module.bias.add_(shift_t.to(module.bias.device, module.bias.dtype))
+    return f"{name}.bias"
+
+
 def split_logits(model: Callable[[torch.Tensor], torch.Tensor], split: Split, pre: Preprocess, device: torch.device | str,
                  batch_size: int = 128, workers: int = 0, track: Track = no_track) -> np.ndarray:
     """Raw logits ``(N, C)`` (float64) of ``model`` on every image of ``split``, in split order.

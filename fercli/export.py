@@ -59,7 +59,13 @@ class ExportConfig:
     half: bool = False  # checkpoint format: store float16 weights
     tolerance: float | None = None  # max abs logit difference vs eager PyTorch; default 1e-4 (5e-2 with half)
     parity_batches: tuple[int, ...] = (1, 3)  # batch sizes of the random parity inputs (tests dynamic batch)
-    seed: int = 0
+    seed: int = 0  # also seeds the calibration sample of --quantize
+    # --quantize (fercli.quantize): an int8 (static, QDQ), int8-dynamic or fp16 ONNX file
+    quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
+    calib: Path | None = None  # manifest (its train split is sampled) or .npy uint8 images; default: the workspace's dataset
+    calib_size: int = 500  # calibration images (at least 50)
+    quant_exclude: tuple[str, ...] = ()  # nodes kept in float32: first-conv, head, depthwise or node names
+    min_agreement: float | None = None  # top-1 agreement with float32 below which nothing is written
 
 
 @dataclass
@@ -77,7 +83,8 @@ class ExportResult:
                 "arch": m.get("arch"), "classes": m.get("classes"), "input_size": m.get("input_size"),
                 "mean": m.get("mean"), "std": m.get("std"), "temperature": m.get("temperature"), "tta": m.get("tta"),
                 "max_abs_diff": self.max_abs_diff,
-                "parity": {str(k): v for k, v in self.parity.items()}, "bytes": self.path.stat().st_size}
+                "parity": {str(k): v for k, v in self.parity.items()}, "bytes": self.path.stat().st_size,
+                **{k: m[k] for k in ("quantization", "quantized_parity") if k in m}}
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -187,11 +194,51 @@ def _parity(run: Any, model: nn.Module, input_size: int, batches: tuple[int, ...
     return diffs
 
 
-def resolve_checkpoint(workspace: Workspace, ckpt: str | os.PathLike[str] | None = None) -> Artifact:
-    """The checkpoint to export: ``ckpt`` if given, else the workspace's current student."""
-    if ckpt is not None and Path(ckpt).suffix.lower() not in (".pt", ".pth"):
-        raise FerError(f"{ckpt}: fer export takes a fercli checkpoint (.pt or .pth), not {Path(ckpt).suffix or 'this file'}")
+def resolve_checkpoint(workspace: Workspace, ckpt: str | os.PathLike[str] | None = None,
+                       quantize: str | None = None) -> Artifact:
+    """The checkpoint to export: ``ckpt`` if given, else the workspace's current student. With
+    ``quantize``, a float32 ONNX file made by `fer export` is accepted too."""
+    suffix = Path(ckpt).suffix.lower() if ckpt is not None else ""
+    if ckpt is not None and quantize and suffix == ".onnx":
+        if not Path(ckpt).is_file():
+            raise FerError(f"{ckpt}: no such file")
+        sidecar = Path(ckpt).with_name(Path(ckpt).name + ".json")
+        return workspace.resolve("export", ckpt) if sidecar.is_file() else Artifact("export", Path(ckpt), {})
+    if ckpt is not None and suffix not in (".pt", ".pth"):
+        raise FerError(f"{ckpt}: fer export takes a fercli checkpoint (.pt or .pth), not {suffix or 'this file'}"
+                       + (" (an .onnx export is accepted with --quantize)" if suffix == ".onnx" else ""))
     return workspace.resolve("student", ckpt)
+
+
+def onnx_with_meta(model: nn.Module | None, meta: dict[str, Any], opset: int = 17, proto: Any = None) -> bytes:
+    """The ONNX file of ``model`` (or an already built ``proto``) with fercli's metadata in ``metadata_props``."""
+    onnx, _ = _require_onnx()
+    if proto is None:
+        assert model is not None
+        proto = onnx.load_from_string(onnx_bytes(model, int(meta["input_size"]), opset))
+    props = {"fercli": json.dumps(meta), "classes": json.dumps(meta["classes"]), "input_size": str(meta["input_size"]),
+             "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+             "temperature": repr(float(meta["temperature"])), "tta": meta["tta"]}
+    if meta.get("quantization"):
+        props["quantization"] = meta["quantization"]["mode"]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"fercli {meta['arch']} expression classifier: {', '.join(meta['classes'])}"
+    return proto.SerializeToString()
+
+
+def check_onnx_parity(data: bytes, model: nn.Module, meta: dict[str, Any], cfg: ExportConfig, name: str) -> dict[int, float]:
+    """Run the ONNX file with ONNX Runtime against eager ``model``; refuse above ``cfg.tolerance`` (1e-4)."""
+    session = ort_session(data)
+    parity = _parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, int(meta["input_size"]),
+                     cfg.parity_batches, cfg.seed)
+    tolerance = cfg.tolerance if cfg.tolerance is not None else 1e-4
+    worst = max(parity.values())
+    if not np.isfinite(worst) or worst > tolerance:
+        raise FerError(f"{name}: onnx export differs from eager PyTorch by {worst:.3g} "
+                       f"(max abs logit difference, tolerance {tolerance:g}); nothing was written")
+    return parity
 
 
 def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[str] | Artifact | None = None,
@@ -205,6 +252,12 @@ def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[
         raise FerError(f"unknown export format {cfg.format!r}; use one of {', '.join(FORMATS)}")
     if cfg.half and cfg.format != "checkpoint":
         raise FerError(f"--half applies to --format checkpoint only (not {cfg.format})")
+    if cfg.quantize is not None:
+        from fercli.quantize import check_options, run_quantized_export
+
+        check_options(cfg)
+        art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(workspace, ckpt, cfg.quantize)
+        return run_quantized_export(cfg, workspace, art, command)
     tolerance = cfg.tolerance if cfg.tolerance is not None else (HALF_TOLERANCE if cfg.half else 1e-4)
     art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(workspace, ckpt)
     model, meta_ckpt = model_from_checkpoint(art.path)
@@ -220,16 +273,7 @@ def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[
     inputs = {"student": workspace.input_ref(art)}
 
     if cfg.format == "onnx":
-        onnx, _ = _require_onnx()
-        proto = onnx.load_from_string(onnx_bytes(model, size, cfg.opset))
-        props = {"fercli": json.dumps(meta), "classes": json.dumps(meta["classes"]), "input_size": str(size),
-                 "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
-                 "temperature": repr(float(meta["temperature"])), "tta": meta["tta"]}
-        for key, value in props.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.doc_string = f"fercli {meta['arch']} expression classifier: {', '.join(meta['classes'])}"
-        data = proto.SerializeToString()
+        data = onnx_with_meta(model, meta, cfg.opset)
         session = ort_session(data)
         parity = _parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, size, cfg.parity_batches, cfg.seed)
     elif cfg.format == "checkpoint":

@@ -103,3 +103,60 @@ def safe_torch_load(src: Any, path: str | os.PathLike[str] | None = None) -> Any
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise FerError(f"{name}: not a readable PyTorch file ({first})") from exc
+
+
+def _probe_dir(path: Path, label: str) -> None:
+    """Create ``path`` if needed and write a file in it; undo both. Raises FerError naming ``label``."""
+    import tempfile
+
+    if not path.is_dir() and (path.exists() or path.is_symlink()):
+        raise FerError(f"{label}: exists and is not a folder; pass a folder (or a new name)")
+    missing: list[Path] = []
+    p = path
+    while not p.is_dir():
+        if p.exists() or p.is_symlink():  # a file (or a dangling link) where a folder must go
+            raise FerError(f"{label}: {p} is not a folder; choose another path")
+        missing.append(p)
+        p = p.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except OSError as exc:
+                why = "the file system does not allow it" if exc.errno == errno.ENOENT else exc.strerror or exc
+                raise FerError(f"{label}: cannot create the folder {d} ({why}); choose a writable location") from None
+            created.append(d)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".fer-write-test-", dir=path)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise FerError(f"{label}: cannot write in this folder ({exc.strerror or exc}); "
+                           "choose a writable location") from None
+    finally:
+        for d in reversed(created):  # leave no trace: the real writes create them again
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def check_writable_dir(path: str | os.PathLike[str], option: str | None = None) -> None:
+    """Refuse, before any work is done, an output folder that cannot be created or written into.
+
+    ``option`` names what the user typed (``--annotate``, ``DST``) in the one-line error. The check
+    really creates the folder and a file in it (permission bits say nothing to root, nor about
+    read-only or virtual file systems such as /proc), then removes what it created.
+    """
+    path = Path(path)
+    _probe_dir(path, f"{option} {path}" if option else str(path))
+
+
+def check_writable_file(path: str | os.PathLike[str], option: str | None = None) -> None:
+    """As :func:`check_writable_dir`, for an output file: not a folder, and its folder writable."""
+    path = Path(path)
+    label = f"{option} {path}" if option else str(path)
+    if path.is_dir():
+        raise FerError(f"{label}: is a folder; pass a file name")
+    _probe_dir(path.parent, label)

@@ -28,7 +28,8 @@ from fercli.calibration import TTA_MODES
 from fercli.data import normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
-from fercli.fileio import atomic_path
+from fercli.fileio import atomic_path, check_writable_dir
+from fercli.imagestatus import NO_IMAGES_IN_FOLDER, NO_MATCH, path_problem
 from fercli.importers._common import is_image
 from fercli.inference import Classifier, bundled_status, resolve_model
 from fercli.progress import Track, no_track
@@ -66,7 +67,7 @@ class PredictConfig:
 class FaceResult:
     index: int
     box: list[float] | None  # x1, y1, x2, y2 in the input's pixels (None with --no-detect)
-    score: float | None
+    score: float | None  # the detector's; None with --no-detect and for haar, which has no score
     label: str
     probs: dict[str, float]
 
@@ -96,15 +97,17 @@ class PredictResult:
     detector: str | None = None  # None with --no-detect
     detector_note: str | None = None  # why --detector auto chose it
     tta: str = "none"  # the test-time augmentation used (--tta, else the model's recommendation)
+    annotate_error: str | None = None  # why --annotate stopped (the predictions are complete regardless)
 
     @property
     def failed(self) -> int:
         return sum(1 for r in self.images if r.status != "ok")
 
 
-def expand_inputs(inputs: tuple[str, ...]) -> list[tuple[str, str | None]]:
-    """(path, problem) for every image or video named by files, folders or glob patterns, in order."""
-    out: list[tuple[str, str | None]] = []
+def expand_inputs(inputs: tuple[str, ...]) -> list[tuple[str, tuple[str, str] | None]]:
+    """(path, problem) for every image or video named by files, folders or glob patterns, in order;
+    a problem is (status, reason) in `fer align`'s vocabulary (:mod:`fercli.imagestatus`)."""
+    out: list[tuple[str, tuple[str, str] | None]] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -113,17 +116,15 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[tuple[str, str | None]]:
             if found:
                 out.extend((f, None) for f in found)
             else:
-                out.append((item, "directory holds no images"))
-        elif p.exists():
-            out.append((item, None))
-        elif glob.has_magic(item):
+                out.append((item, ("unreadable", NO_IMAGES_IN_FOLDER)))
+        elif not p.exists() and not p.is_symlink() and glob.has_magic(item):
             found = sorted(f for f in glob.glob(item, recursive=True) if Path(f).is_file())
             if found:
                 out.extend((f, None) for f in found)
             else:
-                out.append((item, "pattern matches no file"))
+                out.append((item, ("missing", NO_MATCH)))
         else:
-            out.append((item, "file not found"))
+            out.append((item, path_problem(item)))  # missing, a broken or looping link, unreadable, or fine
     return out
 
 
@@ -159,26 +160,244 @@ def _units(path: str, every: int) -> Iterator[tuple[int | None, LoadedImage]]:
     yield None, load_image(path)
 
 
-def annotate(image: np.ndarray, faces: list[FaceResult], dest: Path) -> None:
-    """A copy of ``image`` (BGR or grey) with each face's box, label and probability drawn."""
+# ---- annotated copies ------------------------------------------------------------------------
+# Each face gets a box in its class's colour and a compact label ("hap 94%": the class's short name and
+# its probability) placed under, above or inside the box where it overlaps no other label and, if it
+# can, no other face; a legend strip below the picture spells the short names out. Text and lines
+# scale with the face (within bounds set by the picture's size), so labels stay readable on crowds and
+# on small photos; pictures under ANNOTATE_MIN_SIDE px are enlarged for drawing.
+ANNOTATE_MIN_SIDE = 256  # px: smaller pictures are enlarged (labels need room)
+TEXT_PER_FACE = 0.2  # label text height / the face box's shorter side
+TEXT_MIN_PX, TEXT_MIN_FRAC = 10, 0.015  # smallest label text: 10 px, or 1.5% of the picture's shorter side
+TEXT_MAX_FRAC = 0.04  # largest label text: 4% of the picture's shorter side
+LEGEND_FRAC = 0.028  # legend text height / the picture's shorter side (at least TEXT_MIN_PX)
+_FONT = None  # cv2.FONT_HERSHEY_SIMPLEX, set on first use (cv2 is imported lazily)
+# BGR colours of the standard classes; other class names take the fallback palette in order.
+CLASS_COLOURS = {
+    "neutral": (205, 205, 205), "happiness": (0, 215, 255), "surprise": (0, 140, 255),
+    "sadness": (230, 130, 30), "anger": (50, 50, 230), "disgust": (60, 170, 60),
+    "fear": (190, 70, 170), "contempt": (180, 120, 255),
+}
+_FALLBACK_COLOURS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148),
+                     (75, 86, 140), (194, 119, 227), (127, 127, 127), (34, 189, 188), (207, 190, 23)]
+
+Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 (exclusive ends)
+
+
+@dataclass
+class LabelPlan:
+    face: int  # index into the faces
+    text: str  # "" when no place was free: the box's colour and the legend still tell the class
+    rect: Rect | None  # the label's background, inside the picture
+    text_height: int  # px (cv2's text height, ascenders; the rectangle adds descenders and padding)
+    wanted_height: int  # px, before any shrinking to find room
+    where: str  # below, above, inside-bottom, inside-top or none
+
+
+@dataclass
+class AnnotationPlan:
+    """Where everything goes, in the coordinates of the drawn picture (``scale`` x the input's)."""
+
+    width: int  # the picture's size (the legend strip is added below it)
+    height: int
+    scale: float
+    boxes: list[Rect]
+    thickness: list[int]
+    colours: list[tuple[int, int, int]]
+    labels: list[LabelPlan]
+    legend: list[tuple[str, str, tuple[int, int, int]]]  # (short name, class, colour), in class order
+    legend_text_height: int = 0
+
+
+def short_names(classes: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The shortest prefix of at least 3 letters that tells each class from the others."""
+    out = {}
+    for c in classes:
+        n = min(3, len(c))
+        while n < len(c) and any(o != c and o.startswith(c[:n]) for o in classes):
+            n += 1
+        out[c] = c[:n]
+    return out
+
+
+def class_colours(classes: list[str] | tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+    out, k = {}, 0
+    for c in classes:
+        if c in CLASS_COLOURS:
+            out[c] = CLASS_COLOURS[c]
+        else:
+            out[c] = _FALLBACK_COLOURS[k % len(_FALLBACK_COLOURS)]
+            k += 1
+    return out
+
+
+def _ink(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    b, g, r = colour
+    return (0, 0, 0) if 0.114 * b + 0.587 * g + 0.299 * r > 140 else (255, 255, 255)
+
+
+def _font() -> int:
+    global _FONT
+    if _FONT is None:
+        import cv2
+
+        _FONT = cv2.FONT_HERSHEY_SIMPLEX
+    return _FONT
+
+
+def _text_box(text: str, height: int) -> tuple[int, int, int, float, int]:
+    """(width, height, baseline, font scale, stroke) of ``text`` drawn ``height`` px tall."""
+    import cv2
+
+    stroke = max(1, round(height / 14))
+    scale = cv2.getFontScaleFromHeight(_font(), height, stroke)
+    (w, h), base = cv2.getTextSize(text, _font(), scale, stroke)
+    return w, h, base, scale, stroke
+
+
+def _overlap(a: Rect, b: Rect) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def plan_annotation(width: int, height: int, faces: list[FaceResult],
+                    classes: list[str] | tuple[str, ...] | None = None) -> AnnotationPlan:
+    """Lay out boxes, labels and legend for ``faces`` on a ``width`` x ``height`` picture.
+
+    Guarantees: every label lies inside the picture and no two labels overlap (a label that finds no
+    free place is left out: its box's colour still tells the class). Label text is
+    ``TEXT_PER_FACE`` x the face's shorter side, within [max(10 px, 1.5%), 4%] of the picture's
+    shorter side, and shrinks (then drops the probability) only to find room.
+    """
+    if classes is None:
+        classes = list(faces[0].probs) if faces else []
+    scale = max(1.0, ANNOTATE_MIN_SIDE / max(1, min(width, height)))
+    W, H = round(width * scale), round(height * scale)
+    short, colours = short_names(classes), class_colours(classes)
+    side = min(W, H)
+    lo = max(TEXT_MIN_PX, round(TEXT_MIN_FRAC * side))
+    hi = max(lo, round(TEXT_MAX_FRAC * side))
+    max_thick = max(1, round(side / 250))
+    boxes, thick = [], []
+    for f in faces:
+        b = f.box if f.box is not None else [0, 0, width, height]  # --no-detect: the whole picture is the face
+        x1, y1 = (max(0, min(W - 1, round(v * scale))) for v in b[:2])
+        x2, y2 = (max(0, min(W if i == 0 else H, round(v * scale))) for i, v in enumerate(b[2:]))
+        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+        boxes.append((x1, y1, x2, y2))
+        thick.append(int(min(max_thick, max(1, round(min(x2 - x1, y2 - y1) / 70)))))
+    plans: list[LabelPlan | None] = [None] * len(faces)
+    placed: list[Rect] = []
+    order = sorted(range(len(faces)), key=lambda i: -(boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]))
+    for i in order:
+        f, (x1, y1, x2, y2), t = faces[i], boxes[i], thick[i]
+        wanted = int(min(hi, max(lo, round(TEXT_PER_FACE * min(x2 - x1, y2 - y1)))))
+        texts = [f"{short[f.label]} {round(100 * f.probs[f.label])}%", short[f.label]]
+        others = [boxes[j] for j in range(len(faces)) if j != i]
+        sizes, h = [], wanted
+        while True:
+            sizes.append(h)
+            if h <= lo:
+                break
+            h = max(lo, int(h * 0.8))
+
+        def candidates(text: str, h: int):
+            w, th, base, _, _ = _text_box(text, h)
+            pad = max(2, round(h / 5))
+            lw, lh = w + 2 * pad, th + base + pad
+            lx = min(max(0, (x1 + x2) // 2 - lw // 2), W - lw)
+            for where, ly in (("below", y2 + t), ("above", y1 - t - lh), ("inside-bottom", y2 - t - lh),
+                              ("inside-top", y1 + t)):
+                rect = (lx, ly, lx + lw, ly + lh)
+                if lx >= 0 and ly >= 0 and rect[2] <= W and rect[3] <= H:
+                    yield where, rect
+
+        choice = None
+        for strict in (True, False):  # first: cover no other face; then: any free place
+            for h in sizes:
+                for text in texts:
+                    for where, rect in candidates(text, h):
+                        if any(_overlap(rect, p) for p in placed):
+                            continue
+                        if strict and any(_overlap(rect, o) for o in others):
+                            continue
+                        choice = LabelPlan(i, text, rect, h, wanted, where)
+                        break
+                    if choice:
+                        break
+                if choice:
+                    break
+            if choice:
+                break
+        if choice is None:
+            choice = LabelPlan(i, "", None, 0, wanted, "none")
+        else:
+            placed.append(choice.rect)
+        plans[i] = choice
+    present = {f.label for f in faces}
+    legend = [(short[c], c, colours[c]) for c in classes if c in present]
+    return AnnotationPlan(W, H, scale, boxes, thick, [colours[f.label] for f in faces], plans, legend,
+                          max(TEXT_MIN_PX, round(LEGEND_FRAC * side)))
+
+
+def draw_annotation(image: np.ndarray, plan: AnnotationPlan) -> np.ndarray:
+    """``image`` (BGR or grey, the input's size) with ``plan`` drawn, plus the legend strip below it."""
     import cv2
 
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
-    thick = max(1, round(max(canvas.shape[:2]) / 400))
-    for f in faces:
-        # --no-detect: the whole picture is the face
-        box = f.box if f.box is not None else [0, 0, canvas.shape[1] - 1, canvas.shape[0] - 1]
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), thick)
-        text = f"{f.label} {f.probs[f.label]:.2f}"
-        scale = 0.3 * thick
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        y = max(y1, th + base + 2)
-        cv2.rectangle(canvas, (x1, y - th - base - 2), (x1 + tw + 2, y), (0, 200, 0), -1)
-        cv2.putText(canvas, text, (x1 + 1, y - base - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    if (canvas.shape[1], canvas.shape[0]) != (plan.width, plan.height):
+        canvas = cv2.resize(canvas, (plan.width, plan.height), interpolation=cv2.INTER_LINEAR)
+    for (x1, y1, x2, y2), t, colour in zip(plan.boxes, plan.thickness, plan.colours):
+        cv2.rectangle(canvas, (x1, y1), (x2 - 1, y2 - 1), (0, 0, 0), t + 2, cv2.LINE_AA)  # dark halo: any background
+        cv2.rectangle(canvas, (x1, y1), (x2 - 1, y2 - 1), colour, t, cv2.LINE_AA)
+    for lab, colour in zip(plan.labels, plan.colours):
+        if lab.rect is None:
+            continue
+        x1, y1, x2, y2 = lab.rect
+        cv2.rectangle(canvas, (x1, y1), (x2 - 1, y2 - 1), colour, -1)
+        w, th, base, scale, stroke = _text_box(lab.text, lab.text_height)
+        pad = max(2, round(lab.text_height / 5))
+        cv2.putText(canvas, lab.text, (x1 + pad, y1 + pad // 2 + th), _font(), scale, _ink(colour), stroke, cv2.LINE_AA)
+    if not plan.legend:
+        return canvas
+    # The legend strip: "■ hap happiness   ■ neu neutral ...", wrapped to the picture's width.
+    h = plan.legend_text_height
+    pad = max(3, h // 2)
+    items = []
+    for short, name, colour in plan.legend:
+        text = name if short == name else f"{short} = {name}"
+        w, th, base, scale, stroke = _text_box(text, h)
+        items.append((text, colour, w + h + pad, scale, stroke))
+    rows, row, x = [], [], pad
+    for it in items:
+        if row and x + it[2] > plan.width - pad:
+            rows.append(row)
+            row, x = [], pad
+        row.append(it)
+        x += it[2] + 2 * pad
+    rows.append(row)
+    line = h + h // 2 + pad
+    strip = np.full((pad + line * len(rows), plan.width, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        x, y = pad, pad + r * line
+        for text, colour, wid, scale, stroke in row:
+            cv2.rectangle(strip, (x, y), (x + h, y + h), colour, -1)
+            cv2.rectangle(strip, (x, y), (x + h, y + h), (0, 0, 0), 1)
+            cv2.putText(strip, text, (x + h + pad // 2, y + h), _font(), scale, (0, 0, 0), stroke, cv2.LINE_AA)
+            x += wid + 2 * pad
+    return np.vstack([canvas, strip])
+
+
+def annotate(image: np.ndarray, faces: list[FaceResult], dest: Path,
+             classes: list[str] | tuple[str, ...] | None = None) -> AnnotationPlan:
+    """Write a copy of ``image`` (BGR or grey) with each face's box and label, and a legend strip."""
+    import cv2
+
+    plan = plan_annotation(image.shape[1], image.shape[0], faces, classes)
+    canvas = draw_annotation(image, plan)
     with atomic_path(dest) as tmp:
         if not cv2.imwrite(str(tmp), canvas):
             raise FerError(f"{dest}: could not write the annotated image; check the folder is writable")
+    return plan
 
 
 def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
@@ -193,6 +412,8 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
     if cfg.faces not in ("all", "largest", "best"):
         raise FerError(f"--faces must be all, largest or best, got {cfg.faces!r}")
     check_geometry(cfg.size, cfg.margin)
+    if cfg.annotate is not None:  # before any work: a bad folder must not cost the predictions
+        check_writable_dir(cfg.annotate, "--annotate")
     try:
         model_art = resolve_model(ws, cfg.model)
     except FerError as exc:
@@ -242,12 +463,13 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
                     crop = box_crop(unit.image, np.array([x1, y1, x2 - x1, y2 - y1]), cfg.size, cfg.margin)
                 crops.append(to_rgb_uint8(crop, clf.preprocess.input_size, bgr=crop.ndim == 3))
                 orig = face.scaled(1.0 / unit.scale)
-                owners.append((res, j, [round(float(v), 2) for v in orig.box], round(float(face.score), 5)))
+                score = None if face.score is None else round(float(face.score), 5)  # haar: no score
+                owners.append((res, j, [round(float(v), 2) for v in orig.box], score))
         pending.clear()
 
     for path, problem in track(expand_inputs(cfg.inputs), "reading inputs"):
         if problem is not None:
-            results.append(ImageResult(path, status="missing" if "not found" in problem else "unreadable", reason=problem))
+            results.append(ImageResult(path, status=problem[0], reason=problem[1]))
             continue
         try:
             for frame, unit in _units(path, cfg.every):
@@ -271,6 +493,7 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
         res.faces.append(FaceResult(j, box, score, label, {c: round(float(v), 6) for c, v in zip(clf.classes, p)}))
 
     annotated: list[Path] = []
+    annotate_error = None
     if cfg.annotate is not None:
         import cv2
 
@@ -281,12 +504,16 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             if scale != 1.0 and res.size:  # draw at the input's own size
                 image = cv2.resize(image, res.size, interpolation=cv2.INTER_LINEAR)
             stem = Path(res.input).stem + (f"_f{res.frame:06d}" if res.frame is not None else "")
-            name, k = f"{stem}_annotated.jpg", 2
-            while name in used:  # photos with the same name in different folders
-                name, k = f"{stem}_{k}_annotated.jpg", k + 1
-            used.add(name)
-            dest = Path(cfg.annotate) / name
-            annotate(image, res.faces, dest)
+            fname, k = f"{stem}_annotated.jpg", 2
+            while fname in used:  # photos with the same name in different folders
+                fname, k = f"{stem}_{k}_annotated.jpg", k + 1
+            used.add(fname)
+            dest = Path(cfg.annotate) / fname
+            try:
+                annotate(image, res.faces, dest, clf.classes)
+            except (FerError, OSError) as exc:  # e.g. the disk filled up: the predictions still count
+                annotate_error = f"{dest}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+                break
             annotated.append(dest)
     return PredictResult(model_art, clf, results, annotated, None if detector is None else name,
-                         None if detector is None else why, tta)
+                         None if detector is None else why, tta, annotate_error)

@@ -10,21 +10,38 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from fercli import __version__
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
+
+
+
+class _LazyModule:
+    """A module imported on first use: ``fer --help`` and ``fer status`` import this module but
+    should not pay for numpy, pandas and pyarrow (about half a second) unless a table is read."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+np: Any = _LazyModule("numpy")
+pd: Any = _LazyModule("pandas")
+pa: Any = _LazyModule("pyarrow")
+pq: Any = _LazyModule("pyarrow.parquet")
 
 SCHEMA_VERSION = 1
 META_KEY = b"fercli"
@@ -62,26 +79,27 @@ SPLITS = ("train", "valid", "test")
 UNLABELLED = -1
 
 COL_PATH, COL_SPLIT, COL_LABEL, COL_LABEL_NAME = "path", "split", "label", "label_name"
-REQUIRED_COLUMNS: dict[str, pa.DataType] = {
-    COL_PATH: pa.string(),  # POSIX path relative to the manifest's root
-    COL_SPLIT: pa.string(),  # one of SPLITS
-    COL_LABEL: pa.int16(),  # index into the class list, UNLABELLED (-1) when none
-    COL_LABEL_NAME: pa.string(),  # class name, null when unlabelled
+# Column -> Arrow type, by the name of its pyarrow factory (pa.string(), pa.int16(), ...).
+REQUIRED_COLUMNS: dict[str, str] = {
+    COL_PATH: "string",  # POSIX path relative to the manifest's root
+    COL_SPLIT: "string",  # one of SPLITS
+    COL_LABEL: "int16",  # index into the class list, UNLABELLED (-1) when none
+    COL_LABEL_NAME: "string",  # class name, null when unlabelled
 }
 BOX_COLUMNS = ("box_x", "box_y", "box_w", "box_h")  # face box in image pixels
 LANDMARK_COLUMNS = tuple(f"lm{i}_{a}" for i in range(5) for a in "xy")  # l-eye, r-eye, nose, l-mouth, r-mouth
-OPTIONAL_COLUMNS: dict[str, pa.DataType] = {
-    "dataset": pa.string(),  # source dataset id (ferplus, rafdb, ...)
-    **{c: pa.float32() for c in BOX_COLUMNS},
-    **{c: pa.float32() for c in LANDMARK_COLUMNS},
-    "valence": pa.float32(),
-    "arousal": pa.float32(),
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "dataset": "string",  # source dataset id (ferplus, rafdb, ...)
+    **{c: "float32" for c in BOX_COLUMNS},
+    **{c: "float32" for c in LANDMARK_COLUMNS},
+    "valence": "float32",
+    "arousal": "float32",
     # written by `fer align`:
-    "src_path": pa.string(),  # source image, relative to the source root
-    "face_index": pa.int16(),
-    "score": pa.float32(),
-    "status": pa.string(),
-    "reason": pa.string(),  # why a row has no crop, or what was converted (EXIF rotation, CMYK, ...)
+    "src_path": "string",  # source image, relative to the source root
+    "face_index": "int16",
+    "score": "float32",
+    "status": "string",
+    "reason": "string",  # why a row has no crop, or what was converted (EXIF rotation, CMYK, ...)
 }
 DIST_PREFIX = "dist_"  # dist_<class>: a probability distribution over the class list
 VOTE_PREFIX = "votes_"  # votes_<category>: raw annotator votes (any categories, e.g. FERPlus unknown)
@@ -170,9 +188,9 @@ def _where(src: str, row: int | None = None) -> str:
 
 def _column_type(name: str) -> pa.DataType | None:
     if name in REQUIRED_COLUMNS:
-        return REQUIRED_COLUMNS[name]
+        return getattr(pa, REQUIRED_COLUMNS[name])()
     if name in OPTIONAL_COLUMNS:
-        return OPTIONAL_COLUMNS[name]
+        return getattr(pa, OPTIONAL_COLUMNS[name])()
     if name.startswith(DIST_PREFIX):
         return pa.float32()
     if name.startswith(VOTE_PREFIX):

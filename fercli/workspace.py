@@ -25,9 +25,20 @@ from typing import Any
 from fercli.classes import check_same_classes
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_json, sha256_file
-from fercli.schema import ARTIFACT_FILES, CONFIG_FILES, STATE_FILE, content_sha256, read_artifact_meta
+from fercli.schema import ARTIFACT_FILES, CONFIG_FILES, MANIFEST_NAME, STATE_FILE, content_sha256, read_artifact_meta
 
 ENV_VAR = "FER_WORKSPACE"
+# The file a stage looks for when it is given a folder instead of an artifact (e.g. `fer train aligned/`).
+FILES_INSIDE: dict[str, tuple[str, ...]] = {
+    "dataset": (MANIFEST_NAME,),
+    "teacher": ("best.pt",),
+    "student": ("best.pt",),
+    "labels": ("labels.parquet",),
+    "eval": ("report.json",),
+    "export": ("model.onnx", "model.torchscript"),
+}
+WHAT = {"dataset": "a dataset manifest (.parquet)", "teacher": "a checkpoint (.pt)", "student": "a checkpoint (.pt)",
+        "labels": "a labels file (.parquet)", "eval": "an eval report (.json)", "export": "an exported model"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,45 @@ def _fmt_time(iso: str | None) -> str:
         return _dt.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return iso
+
+
+def _metrics_rows(path: Path) -> int | None:
+    """Epochs recorded in a run directory's metrics.csv (one row per finished epoch), or None."""
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return max(0, len(lines) - 1)
+
+
+def run_summary(kind: str, path: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """An artifact's key figures as of now. A training run's best.pt is written at its best epoch, so
+    the ``epochs_run`` it records stops there; the run's metrics.csv (one row per epoch) has the count."""
+    if kind in ("teacher", "student") and "epochs_run" in summary:
+        rows = _metrics_rows(Path(path).parent / "metrics.csv")
+        if rows is not None and rows > int(summary.get("epochs_run") or 0):
+            summary = {**summary, "epochs_run": rows}
+    return summary
+
+
+def _labelled_splits(path: Path) -> dict[str, int] | None:
+    """Labelled rows with an image (status ok, where aligned) per split of a manifest, without pandas."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+        if "split" not in names or "label" not in names:
+            return None
+        table = pq.read_table(path, columns=[c for c in ("split", "label", "status") if c in names])
+    except Exception:  # unreadable: the stages say why when they read it
+        return None
+    splits, labels = table.column("split").to_pylist(), table.column("label").to_pylist()
+    status = table.column("status").to_pylist() if "status" in names else [None] * len(splits)
+    out: dict[str, int] = {}
+    for split, label, st in zip(splits, labels, status):
+        if label is not None and label >= 0 and st in (None, "ok"):
+            out[split] = out.get(split, 0) + 1
+    return out
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -217,6 +267,30 @@ class Workspace:
             raise KeyError(kind)
         self._load_state()["current"][kind] = self.rel(path)
         self._save_state()
+        try:  # so that `fer status` finds what it shows without loading the file (and torch)
+            self.artifact_info(path)
+        except Exception:  # a cache: the artifact is recorded either way
+            pass
+
+    def artifact_info(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """What `fer status` shows of an artifact: its class list, provenance and, for a manifest, the
+        labelled rows per split. Cached in the state by (size, mtime), so status reads no checkpoint
+        (torch) and no table (pandas) twice."""
+        p = Path(path).resolve()
+        st = p.stat()
+        cache = self._load_state().setdefault("info", {})
+        hit = cache.get(str(p))
+        if isinstance(hit, list) and len(hit) == 3 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        meta = read_artifact_meta(p)
+        info: dict[str, Any] = {"classes": meta.get("classes"), "provenance": meta.get("provenance") or {}}
+        if p.suffix.lower() == ".parquet":
+            info["labelled_splits"] = _labelled_splits(p)
+        info = json.loads(json.dumps(info, default=str))
+        cache[str(p)] = [st.st_size, st.st_mtime_ns, info]
+        if self.root.is_dir():
+            self._save_state()
+        return info
 
     def current_path(self, kind: str) -> Path | None:
         """The recorded current artifact of ``kind`` if it exists, else the default location if it exists."""
@@ -240,6 +314,8 @@ class Workspace:
             path = Path(explicit)
             if not path.exists():
                 raise FerError(f"{path}: no such file")
+            if path.is_dir():
+                path = self._inside(kind, path)
             return Artifact(kind, path, read_artifact_meta(path), implicit=False)
         path = self.current_path(kind)
         if path is None:
@@ -249,6 +325,17 @@ class Workspace:
                 f"run {stage.how} first, or pass its path"
             )
         return Artifact(kind, path, read_artifact_meta(path), implicit=True)
+
+    @staticmethod
+    def _inside(kind: str, folder: Path) -> Path:
+        """The artifact inside a folder given in its place (``aligned/`` -> ``aligned/manifest.parquet``)."""
+        names = FILES_INSIDE.get(kind, ())
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        looked = " or ".join(str(folder / n) for n in names) or "a file"
+        raise FerError(f"{folder}: is a folder, not {WHAT.get(kind, 'a file')}, and holds no {looked}; "
+                       f"pass the file itself")
 
     def resolve_inputs(self, explicit: dict[str, str | os.PathLike[str] | None]) -> dict[str, Artifact]:
         """Resolve several inputs of one stage and refuse mismatched or stale combinations.
@@ -303,25 +390,31 @@ class Workspace:
         """One line for "using ..." messages: path, when made, key figures."""
         text = f"{self.rel(art.path)} (made {_fmt_time(art.created)}"
         if art.summary:
-            text += f"; {format_summary(art.summary)}"
+            text += f"; {format_summary(run_summary(art.kind, art.path, art.summary))}"
         return text + ")"
 
     # ---- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Every artifact kind: where it is, when made, from what, stale or not; and the next stage."""
+        """Every artifact kind: where it is, when made, from what, stale or not; and the next stage
+        (with the options the dataset needs: ``--val-fraction`` without a valid split, ``--split
+        valid`` without a test split)."""
         rows = []
         states: dict[str, str] = {}
         next_cmd = None
+        splits: dict[str, int] | None = None  # labelled images per split of the current dataset
         for stage in PIPELINE:
             path = self.current_path(stage.kind)
             row: dict[str, Any] = {"kind": stage.kind, "path": None, "state": "missing", "made_by": stage.command}
             if path is not None:
                 row["path"] = self.rel(path)
                 try:
-                    art = Artifact(stage.kind, path, read_artifact_meta(path), implicit=True)
-                except FerError as exc:
+                    info = self.artifact_info(path)
+                    art = Artifact(stage.kind, path, info, implicit=True)
+                except (FerError, OSError) as exc:
                     row.update(state="unreadable", problem=str(exc))
                 else:
+                    if stage.kind == "dataset":
+                        splits = info.get("labelled_splits")
                     why = self.staleness(art)
                     if why is None:  # made from an artifact that is itself stale: stale too
                         bad = [k for k in art.provenance.get("inputs", {}) if states.get(k) == "stale"]
@@ -330,20 +423,51 @@ class Workspace:
                     row.update(
                         state="stale" if why else "ok",
                         created=art.created,
-                        summary=art.summary,
+                        summary=run_summary(stage.kind, path, art.summary),
                         inputs={k: v.get("path") for k, v in art.provenance.get("inputs", {}).items() if isinstance(v, dict)},
                     )
                     if why:
                         row["problem"] = why
             states[stage.kind] = row["state"]
             if row["state"] != "ok" and next_cmd is None and stage.kind not in ("eval", "export"):
-                next_cmd = stage.command
+                next_cmd = stage
             rows.append(row)
         if next_cmd is None:
             pending = [r for r in rows if r["state"] != "ok"]
-            next_cmd = STAGES[pending[0]["kind"]].command if pending else None
+            next_cmd = STAGES[pending[0]["kind"]] if pending else None
+        command, note = self._next_command(next_cmd, splits, states)
         return {"workspace": str(self.root), "config": self.rel(self.config_file) if self.config_file else None,
-                "artifacts": rows, "next": next_cmd}
+                "artifacts": rows, "next": command, "note": note}
+
+    def _configured(self, section: str, key: str) -> bool:
+        try:
+            return key in self.config_section(section)
+        except FerError:
+            return False
+
+    def _next_command(self, stage: Stage | None, splits: dict[str, int] | None,
+                      states: dict[str, str]) -> tuple[str | None, str | None]:
+        """The command that makes ``stage``'s artifact, with what the dataset's splits require."""
+        if stage is None:
+            return None, None
+        if splits is None or states.get("dataset") != "ok" or stage.kind in ("dataset", "export"):
+            return stage.command, None
+        dataset = self.rel(self.current_path("dataset") or "dataset")
+        if not any(splits.values()):
+            return STAGES["dataset"].command, (
+                f"{dataset} has no labelled images (photos without class folders): sort them into class subfolders "
+                "(happiness/, sadness/, ...) and rerun `fer align`, or classify them as they are with `fer predict`")
+        if stage.kind in ("teacher", "student") and not splits.get("valid"):
+            section = "pretrain-teacher" if stage.kind == "teacher" else "train"
+            if not self._configured(section, "val_fraction"):
+                return f"{stage.command} --val-fraction 0.1", (
+                    f"{dataset} has no labelled valid split: --val-fraction holds out a stratified 10% of train "
+                    "to pick the best epoch")
+        if stage.kind == "eval" and not splits.get("test") and not self._configured("eval", "split"):
+            other = "valid" if splits.get("valid") else "train"
+            return f"{stage.command} --split {other}", (
+                f"{dataset} has no labelled test split: scores on {other} are not a held-out test")
+        return stage.command, None
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -377,3 +377,34 @@ def test_predict_json_uses_the_temperature_and_the_recommended_tta(runner, works
     res = runner.invoke(_cli(), ["predict", "face0.png", "--no-detect", "--model", "calibrated.pt", "--tta", "none",
                                  "--json"])
     assert res.exit_code == 0 and "tta none" in res.stderr
+
+
+def test_adjustment_curve_trades_accuracy_for_rare_class_recall():
+    from fercli.calibration import adjustment_curve
+
+    rng = np.random.default_rng(0)
+    prior = np.array([0.8, 0.15, 0.05])
+    labels = rng.choice(3, size=2000, p=prior)
+    # a model biased towards the frequent class: its logits carry log(prior) on top of the evidence
+    logits = rng.normal(0, 1, (2000, 3)) + 1.5 * np.eye(3)[labels] + np.log(prior)
+    curve = adjustment_curve(logits, labels, prior, [0.0, 0.5, 1.0])
+    assert [p["tau"] for p in curve] == [0.0, 0.5, 1.0]
+    assert curve[0]["recall"][2] < curve[2]["recall"][2]  # the rare class gains recall ...
+    assert curve[0]["accuracy"] > curve[2]["accuracy"]  # ... at the cost of overall accuracy
+    assert curve[2]["mean_class_accuracy"] > curve[0]["mean_class_accuracy"]
+    assert curve[0]["min_recall"] == min(curve[0]["recall"])
+
+
+def test_fold_logit_adjustment_shifts_the_final_bias():
+    from fercli.calibration import fold_logit_adjustment
+    from fercli.models import build_model
+
+    for arch in ("lfer", "shufflenet_v2", "resnet18"):
+        model, _ = build_model(arch, 8)
+        model.eval()
+        x = torch.randn(2, 3, 32, 32)
+        before = model(x)
+        shift = np.linspace(-1, 1, 8)
+        name = fold_logit_adjustment(model, shift)
+        assert name.endswith("bias")
+        assert torch.allclose(model(x), before + torch.tensor(shift, dtype=torch.float32), atol=1e-5)

@@ -75,7 +75,8 @@ def test_walk_through_default_locations_and_staleness(tmp_path: Path):
     rows = {r["kind"]: r for r in ws.status()["artifacts"]}
     assert [rows[k]["state"] for k in ("dataset", "teacher", "labels", "student")] == ["ok"] * 4
     assert rows["labels"]["inputs"] == {"dataset": "data/manifest.parquet", "teacher": "teacher/best.pt"}
-    assert ws.status()["next"] == "fer eval"
+    # FERPlus as imported has no test split: the next command says which split to score
+    assert ws.status()["next"] == "fer eval --split valid"
 
     # The teacher is retrained: labels made from the old one are refused, naming the command to rerun.
     stand_in_checkpoint(ws, "teacher", {"dataset": arts["dataset"]}, weight=1.0)

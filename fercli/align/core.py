@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 MODES = ("retinaface-resnet50", "retinaface-mobilenet", "landmarks", "none")
 FACE_CHOICES = ("largest", "best", "all")
 # Every status a row can have, in the order summaries list them.
-STATUSES = ("ok", "no_face", "no_landmarks", "unreadable", "too_large", "missing", "error")
+from fercli.imagestatus import STATUSES  # noqa: E402  (one vocabulary with fer predict)
 RETRY_STATUSES = frozenset({"missing", "error"})  # possibly transient: a rerun tries these again
 JOURNAL_NAME = ".align-journal.jsonl"
 JOURNAL_VERSION = 1
@@ -343,8 +343,10 @@ class _AlignDataset(torch.utils.data.Dataset):
             st = os.stat(path)
             item.stat = (st.st_size, st.st_mtime_ns)
             loaded = load_image(path)
-        except FileNotFoundError:
-            item.problem = ("missing", "file not found")
+        except OSError as exc:  # one vocabulary with fer predict (fercli.imagestatus)
+            from fercli.imagestatus import os_problem
+
+            item.problem = os_problem(exc, path)
             return item
         except ImageProblem as p:
             item.problem = (p.status, p.reason)
@@ -448,7 +450,7 @@ def select_faces(faces: list[det.Face], scale: float, mode: str, min_face_size: 
     if mode == "best":
         return keep[:1]
     if mode == "largest":
-        return [max(keep, key=lambda i: (faces[i].area, faces[i].score))]
+        return [max(keep, key=lambda i: (faces[i].area, faces[i].score or 0.0))]  # haar: no score
     return keep
 
 
@@ -789,6 +791,9 @@ def run_align(
             raise FerError("no DST given and no workspace to put aligned/ in")
         dst = ws.root / "aligned"
     dst = Path(dst)
+    from fercli.fileio import check_writable_dir
+
+    check_writable_dir(dst, "DST")  # before any work: one line, not a traceback mid-run
     if isinstance(src, Source):
         source = src
     elif ws is not None:

@@ -90,7 +90,7 @@ class Face:
     """One detected face in the coordinates of the image given to the detector."""
 
     box: np.ndarray  # x1, y1, x2, y2 (float, clipped to the image)
-    score: float
+    score: float | None  # None: the detector gives no score (haar)
     landmarks: np.ndarray | None  # 5x2: left eye, right eye, nose, left mouth, right mouth; None: box only (haar)
 
     @property
@@ -117,8 +117,11 @@ HAAR_FILE = "haarcascade_frontalface_default.xml"
 class HaarDetector:
     """OpenCV's frontal-face Haar cascade, shipped inside opencv-python 4.x: nothing to download, so
     `fer predict` can detect faces offline. Boxes only (``landmarks`` None: faces are cropped by box,
-    not aligned), no calibrated score (every face gets 1.0, so ``min_score`` has no effect), and it
+    not aligned), no score (``Face.score`` is None, so ``min_score`` has no effect), and it
     misses profile, tilted and small faces that RetinaFace finds: a fallback, not a replacement.
+    The cascade often fires twice on one face (a box and a shifted, larger one): overlapping boxes
+    are suppressed (IoU above ``HAAR_NMS_IOU``, or mostly inside a stronger box), keeping the box
+    with more supporting detections.
     """
 
     name = HAAR
@@ -139,11 +142,36 @@ class HaarDetector:
         out = []
         for image in images:
             gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-            rects = self.cascade.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
-                                                  minSize=(self.min_size, self.min_size))
-            faces = [Face(np.array([x, y, x + w, y + h], dtype=np.float64), 1.0, None) for x, y, w, h in rects]
+            rects, support = self.cascade.detectMultiScale2(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
+                                                            minSize=(self.min_size, self.min_size))
+            boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in rects], dtype=np.float64).reshape(-1, 4)
+            keep = haar_nms(boxes, np.asarray(support, dtype=np.float64).reshape(-1))
+            faces = [Face(boxes[i], None, None) for i in keep]
             out.append(sorted(faces, key=lambda f: -f.area))
         return out
+
+
+HAAR_NMS_IOU = 0.3  # Haar boxes overlapping more than this are one face
+HAAR_NMS_INSIDE = 0.6  # ... and so is a box whose area lies this much inside a stronger one
+
+
+def haar_nms(boxes: np.ndarray, support: np.ndarray) -> list[int]:
+    """Greedy suppression of overlapping boxes (x1, y1, x2, y2), strongest ``support`` first."""
+    order = sorted(range(len(boxes)), key=lambda i: (-support[i], i))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep: list[int] = []
+    for i in order:
+        dup = False
+        for k in keep:
+            iw = min(boxes[i, 2], boxes[k, 2]) - max(boxes[i, 0], boxes[k, 0])
+            ih = min(boxes[i, 3], boxes[k, 3]) - max(boxes[i, 1], boxes[k, 1])
+            inter = max(0.0, iw) * max(0.0, ih)
+            if inter > HAAR_NMS_IOU * (area[i] + area[k] - inter) or inter > HAAR_NMS_INSIDE * min(area[i], area[k]):
+                dup = True
+                break
+        if not dup:
+            keep.append(i)
+    return keep
 
 
 def auto_detector(weights: str | os.PathLike[str] | None = None) -> tuple[str, str]:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import numpy as np
 
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
+from fercli.imagestatus import EMPTY_FILE, os_problem
 
 # Above this many pixels a photo is decoded reduced (JPEG) or resized (others) to about this many;
 # landmarks and crops then refer to the EXIF-rotated original's coordinates regardless.
@@ -96,6 +101,58 @@ def _truncated(data: bytes, fmt: str | None) -> bool:
     return False
 
 
+def _verify_png(data: bytes) -> None:
+    """Chunk CRCs and structure, without decoding (cheap): corrupt PNGs become ``unreadable``."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).verify()
+    except Exception as exc:
+        what = (str(exc) or type(exc).__name__).replace("b'", "").replace("'", "")
+        what = what[len("broken PNG file ("):-1] if what.startswith("broken PNG file (") else what
+        raise ImageProblem("unreadable", f"corrupt PNG file ({what})") from None
+
+
+# What C libraries print while decoding (libpng errors, libjpeg warnings) is noise for our users: the
+# image's reason says it. C writes to file descriptor 2 directly, so it is redirected there.
+_C_NOISE = ("libpng", "corrupt jpeg", "premature end of jpeg", "invalid jpeg", "not a jpeg", "bogus", "warning:")
+
+
+@contextmanager
+def _quiet_c_stderr() -> Iterator[list[str]]:
+    """Capture what C code writes to fd 2 meanwhile; yield the lines that look like decoder complaints
+    (filled on exit) and pass anything else (another thread's output) through to stderr."""
+    said: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield said
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace")
+    other = []
+    for line in text.splitlines(keepends=True):
+        if line.strip().lower().startswith(_C_NOISE):
+            said.append(line.strip())
+        elif line:
+            other.append(line)
+    if other:
+        try:
+            sys.stderr.write("".join(other))
+        except (OSError, ValueError):
+            pass
+
+
 def _to_uint8(img: np.ndarray, notes: list[str]) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
@@ -116,15 +173,16 @@ def load_image(path: str | os.PathLike[str], work_max_pixels: int = WORK_MAX_PIX
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageProblem("missing", "file not found") from None
-    except IsADirectoryError:
-        raise ImageProblem("unreadable", "is a directory, not an image") from None
-    except OSError as exc:
-        raise ImageProblem("unreadable", f"cannot read file ({exc.strerror or exc})") from None
+    except OSError as exc:  # one vocabulary with fer predict: fercli.imagestatus
+        raise ImageProblem(*os_problem(exc, path)) from None
     if not data:
-        raise ImageProblem("unreadable", "empty file (0 bytes)")
+        raise ImageProblem("unreadable", EMPTY_FILE)
     fmt, (w0, h0), mode, orientation = _header(data, path.name)
+    # Damage is found before OpenCV decodes: libpng and libjpeg would print their own complaints.
+    if _truncated(data, fmt):
+        raise ImageProblem("unreadable", f"truncated {fmt or 'image'} file ({len(data)} bytes)")
+    if fmt == "PNG":
+        _verify_png(data)
     if w0 * h0 > MAX_PIXELS:
         raise ImageProblem("too_large", f"{w0}x{h0} pixels is more than the {MAX_PIXELS // 1_000_000} MP limit")
     notes: list[str] = []
@@ -140,16 +198,11 @@ def load_image(path: str | os.PathLike[str], work_max_pixels: int = WORK_MAX_PIX
     if fmt == "JPEG" and w0 * h0 > work_max_pixels:
         while reduce < 8 and w0 * h0 / (reduce * 2) ** 2 >= work_max_pixels / 4 and w0 * h0 / reduce**2 > work_max_pixels:
             reduce *= 2
-    if reduce > 1:
-        img = cv2.imdecode(buf, (_REDUCED_GREY if grey_src else _REDUCED)[reduce])
-    else:
-        img = cv2.imdecode(buf, _FLAGS)
+    with _quiet_c_stderr() as said:
+        img = cv2.imdecode(buf, (_REDUCED_GREY if grey_src else _REDUCED)[reduce] if reduce > 1 else _FLAGS)
     if img is None or img.size == 0:
-        if _truncated(data, fmt):
-            raise ImageProblem("unreadable", f"truncated {fmt or 'image'} file ({len(data)} bytes)")
-        raise ImageProblem("unreadable", f"cannot decode {fmt or 'image'} data")
-    if _truncated(data, fmt):
-        raise ImageProblem("unreadable", f"truncated {fmt or 'image'} file ({len(data)} bytes)")
+        detail = f" ({said[0]})" if said else ""
+        raise ImageProblem("unreadable", f"cannot decode {fmt or 'image'} data{detail}")
     img = _to_uint8(img, notes)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]

@@ -4,22 +4,55 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 from fercli.workspace import Artifact, Workspace
 
 T = TypeVar("T")
 
+# Output that is not a terminal (a pipe, a file, a test's capture) has no width; rich would assume 80
+# columns and squeeze tables into it. Tables only take the width their content needs, so allow this.
+UNBOUNDED_WIDTH = 200
+
+
+class _Console(Console):
+    """A rich console whose tables are never cut: long cells fold onto the next line instead of
+    ending in an ellipsis, and output that is not a terminal is not confined to 80 columns
+    (``$COLUMNS`` still sets the width)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if not self.is_terminal and self._width is None and not os.environ.get("COLUMNS"):
+            return ConsoleDimensions(max(size.width, UNBOUNDED_WIDTH), size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        width, height = new_size
+        self._width, self._height = width, height
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for obj in objects:
+            if isinstance(obj, Table):
+                for col in obj.columns:
+                    if col.overflow == "ellipsis":
+                        col.overflow = "fold"
+        super().print(*objects, **kwargs)
+
+
 # Results go to stdout; progress, "using ..." lines and logs go to stderr so `--json` stays clean.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = _Console(soft_wrap=True)
+err = _Console(stderr=True, soft_wrap=True)
 
 
 class State:

@@ -11,9 +11,9 @@ from typing import Iterator, Optional
 import typer
 from rich.table import Table
 
-from fercli.align.core import MODES, AlignConfig, run_align
 from fercli.commands import _ui
-from fercli.config import build_config
+from fercli.config import DETECTOR_CHOICES, build_config
+from fercli.imagestatus import STATUS_MEANINGS
 
 EXAMPLE = """Examples:
 
@@ -28,15 +28,7 @@ EXAMPLE = """Examples:
 Rerun the same command to resume after Ctrl-C or a crash: finished images are skipped.
 """
 
-STATUS_HELP = {
-    "ok": "aligned crop written",
-    "no_face": "no face above --min-score / --min-face-size",
-    "no_landmarks": "source row has no landmarks or box (--detector landmarks)",
-    "unreadable": "empty, truncated or not an image",
-    "too_large": "more pixels than fer align accepts",
-    "missing": "listed in the source but absent",
-    "error": "unexpected failure on this image (retried on rerun)",
-}
+STATUS_HELP = {**STATUS_MEANINGS, "ok": "aligned crop written"}  # one vocabulary with fer predict
 
 
 @contextmanager
@@ -63,7 +55,7 @@ def align(
         "or a manifest .parquet \\[default: the workspace's current dataset]."),
     dst: Optional[Path] = typer.Argument(None, help="Output folder for crops and manifest.parquet \\[default: WORKSPACE/aligned]."),
     detector: Optional[str] = typer.Option(
-        None, "--detector", "-d", help=f"{', '.join(MODES)}: landmarks uses the manifest's own five points (or box); "
+        None, "--detector", "-d", help=f"{', '.join(DETECTOR_CHOICES)}: landmarks uses the manifest's own five points (or box); "
         "none only resizes already aligned crops \\[default: retinaface-resnet50]."),
     detector_weights: Optional[Path] = typer.Option(
         None, "--detector-weights", help="RetinaFace weights (.pth, or retinaface-pytorch's .zip) \\[default: torch's hub cache; "
@@ -86,6 +78,8 @@ def align(
     Every source image gets a manifest row with a status (ok, no_face, unreadable, ...) and a reason; a rerun
     skips finished images. The manifest becomes the workspace's current dataset.
     """
+    from fercli.align.core import AlignConfig, run_align
+
     ws = _ui.state(ctx).workspace
     cfg = build_config(
         AlignConfig, "align",

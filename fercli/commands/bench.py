@@ -9,11 +9,13 @@ import typer
 from rich import box
 from rich.table import Table
 
-from fercli.bench import BenchConfig, paper_table, run_bench
 from fercli.commands import _ui
 from fercli.config import build_config
 from fercli.errors import FerError
-from fercli.models import list_models
+
+# The registry's names (fercli.models.list_models(); a test checks they agree), spelled out so that
+# `fer bench --help` does not import torch.
+MODEL_NAMES = ("shufflenet_v2", "lfer_head", "lfer", "resnet18", "resnet50")
 
 EXAMPLE = """Examples:
 
@@ -41,7 +43,7 @@ def _f(value: Optional[float], digits: int = 2) -> str:
 def bench(
     ctx: typer.Context,
     models: Optional[list[str]] = typer.Argument(
-        None, help=f"Registered models ({', '.join(list_models())}) or checkpoint files \\[default: shufflenet_v2 lfer_head lfer]."),
+        None, help=f"Registered models ({', '.join(MODEL_NAMES)}) or checkpoint files \\[default: shufflenet_v2 lfer_head lfer]."),
     size: Optional[list[str]] = typer.Option(None, "--size", "-s", help="Input size(s), multiples of 16 \\[default: 224, or a checkpoint's own]."),
     batch: Optional[list[str]] = typer.Option(None, "--batch", "-b", help="Batch size(s) to time \\[default: 1 and 32]."),
     backend: Optional[list[str]] = typer.Option(None, "--backend", help="eager, torchscript, onnxruntime (comma-separated) \\[default: all]."),
@@ -63,6 +65,8 @@ def bench(
     torch.utils.flop_counter. Every model and backend of one batch size is timed interleaved in the
     same loop, so the ratios between them are fair even on a busy machine.
     """
+    from fercli.bench import BenchConfig, paper_table, run_bench
+
     if paper:
         if models or size or batch or backend or device or classes:
             raise FerError("--paper compares the fixed Table 4 setting (the three student variants, 224x224, "

@@ -9,8 +9,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fercli.calibration import CalibrateConfig
-from fercli.calibration import calibrate as run_calibrate
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -43,6 +41,9 @@ def calibrate(
     temperature is stored in the checkpoint and applied by `fer eval`, `fer predict` and exports.
     Predictions (the most likely class) do not change. Prints ECE and NLL before and after.
     """
+    from fercli.calibration import CalibrateConfig
+    from fercli.calibration import calibrate as run_calibrate
+
     ws = _ui.state(ctx).workspace
     cfg = build_config(CalibrateConfig, "calibrate", dict(
         model=ckpt, manifest=manifest, split=split, out=out, batch_size=batch_size, workers=workers, cache=cache,

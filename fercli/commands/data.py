@@ -11,9 +11,9 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.datainfo import manifest_info
-from fercli.importers import FORMATS, ImportConfig, run_import
-from fercli.schema import read_manifest
+
+# fercli.importers.FORMATS (a test checks they agree), spelled out so `fer data --help` imports no pandas.
+FORMATS = ("rafdb", "ferplus", "affectnet", "fer2013", "folder")
 
 app = typer.Typer(help="Import datasets into manifests and inspect them.", no_args_is_help=True, rich_markup_mode="rich")
 
@@ -55,6 +55,8 @@ def import_(
 
     The manifest becomes the workspace's current dataset for later stages.
     """
+    from fercli.importers import ImportConfig, run_import
+
     st = _ui.state(ctx)
     ws = st.workspace
     cfg = build_config(
@@ -91,6 +93,9 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Counts per split and class, imbalance, unlabelled rows, missing files, distribution columns."""
+    from fercli.datainfo import manifest_info
+    from fercli.schema import read_manifest
+
     ws = _ui.state(ctx).workspace
     art = ws.resolve("dataset", manifest)
     _ui.using(ctx, ws, art)

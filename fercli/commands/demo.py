@@ -10,7 +10,6 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.demo import DemoConfig, run_demo
 
 EXAMPLE = """Examples:
 
@@ -31,6 +30,8 @@ def demo(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Run every stage in turn in a fresh workspace, printing each command first, then write report.md."""
+    from fercli.demo import DemoConfig, run_demo
+
     cfg = build_config(DemoConfig, "demo", dict(out=out, data=data, format=format, seed=seed, tiny=tiny,
                                                 overwrite=overwrite))
     quiet = json_out or _ui.state(ctx).quiet

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.evaluation import EvalConfig, evaluate
 from fercli.workspace import Workspace
 
 EXAMPLE = """Examples:
@@ -51,6 +50,8 @@ def eval_(
 ) -> None:
     """Accuracy, mean per-class accuracy, per-class precision/recall/F1, the confusion matrix, and the
     calibration of the probabilities (ECE over 15 bins, NLL, a reliability diagram)."""
+    from fercli.evaluation import EvalConfig, evaluate
+
     ws = _ui.state(ctx).workspace
     cfg = build_config(EvalConfig, "eval", dict(
         model=model, manifest=manifest, split=split, tta=tta, map=map_, out=out, batch_size=batch_size,

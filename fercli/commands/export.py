@@ -11,7 +11,6 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.export import ExportConfig, resolve_checkpoint, run_export
 
 EXAMPLE = """Examples:
 
@@ -43,9 +42,15 @@ def export(
     the softmax). The export is run on random batches and compared with the eager model; it is
     written only if the max abs difference is within the tolerance.
     """
+    from fercli.export import ExportConfig, resolve_checkpoint, run_export
+
     ws = _ui.state(ctx).workspace
     cfg = build_config(ExportConfig, "export", dict(format=format, out=out, opset=opset, half=half, tolerance=tolerance),
                        workspace=ws, config_file=config)
+    if cfg.out is not None:  # before the export's work: one line, not a traceback at the end
+        from fercli.fileio import check_writable_file
+
+        check_writable_file(cfg.out, "--out")
     art = resolve_checkpoint(ws, ckpt)
     _ui.using(ctx, ws, art)
     result, _ = run_export(cfg, ws, art, command="fer " + " ".join(sys.argv[1:]))

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.labels import GenLabelsConfig, generate_labels
 
 EXAMPLE = """Examples:
 
@@ -38,6 +37,8 @@ def gen_labels(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write the teacher's softmax for every labelled training image as label distributions (parquet)."""
+    from fercli.labels import GenLabelsConfig, generate_labels
+
     ws = _ui.state(ctx).workspace
     cfg = build_config(GenLabelsConfig, "gen-labels", dict(
         manifest=manifest, teacher=teacher, out=out, temperature=temperature, flip=flip, splits=splits, force=force,

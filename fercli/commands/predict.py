@@ -13,8 +13,6 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.predict import PredictConfig
-from fercli.predict import predict as run_predict
 
 EXAMPLE = """Examples:
 
@@ -54,6 +52,9 @@ def predict(
     csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face."),
 ) -> None:
     """Detect, align and classify every face; exit code 1 if any input could not be used."""
+    from fercli.predict import PredictConfig
+    from fercli.predict import predict as run_predict
+
     ws = _ui.state(ctx).workspace
     cfg = build_config(PredictConfig, "predict", dict(
         inputs=tuple(inputs), model=model, detector=detector, detector_weights=detector_weights, faces=faces,
@@ -72,29 +73,33 @@ def predict(
     elif csv_out:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["input", "frame", "status", "face", "x1", "y1", "x2", "y2", "score", "label", *classes])
+        w.writerow(["input", "frame", "status", "reason", "face", "x1", "y1", "x2", "y2", "score", "label", *classes])
         for r in res.images:
             if not r.faces:
-                w.writerow([r.input, r.frame, r.status, "", "", "", "", "", "", "", *[""] * len(classes)])
-            for f in r.faces:
-                w.writerow([r.input, r.frame, r.status, f.index, *(f.box or [""] * 4), f.score, f.label,
-                            *[f"{f.probs[c]:.6f}" for c in classes]])
+                w.writerow([r.input, r.frame, r.status, r.reason or "", "", "", "", "", "", "", "", *[""] * len(classes)])
+            for f in r.faces:  # score "-": the detector gives none (haar, --no-detect)
+                w.writerow([r.input, r.frame, r.status, r.reason or "", f.index, *(f.box or [""] * 4),
+                            "-" if f.score is None else f.score, f.label, *[f"{f.probs[c]:.6f}" for c in classes]])
         sys.stdout.write(buf.getvalue())
     else:
         table = Table(title=f"{res.classifier.arch} ({res.classifier.kind}): {sum(len(r.faces) for r in res.images)} "
                             f"face(s) in {len(res.images)} picture(s)")
-        for col in ("input", "face", "box", "label", "p"):
+        for col in ("input", "face", "box", "label", "p", "score"):  # score: the detector's
             table.add_column(col)
         for r in res.images:
             where = r.input + (f" @{r.frame}" if r.frame is not None else "")
-            if not r.faces:
-                table.add_row(where, "-", "-", f"[red]{r.status}[/]", r.reason or "")
+            if not r.faces:  # status and reason: the same words as fer align (fercli.imagestatus)
+                table.add_row(where, "-", "-", f"[red]{r.status}[/]", r.reason or "", "-")
             for f in r.faces:
                 box = "-" if f.box is None else ",".join(f"{v:.0f}" for v in f.box)
-                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}")
+                score = "-" if f.score is None else f"{f.score:.3f}"
+                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}", score)
         _ui.out.print(table)
         for p in res.annotated:
             _ui.say(ctx, f"annotated: {p}")
+    if res.annotate_error:  # reported after the predictions, which are complete
+        typer.echo(f"error: --annotate stopped after {len(res.annotated)} picture(s): {res.annotate_error}", err=True)
     if res.failed:
         _ui.say(ctx, f"[yellow]{res.failed} of {len(res.images)} input(s) gave no prediction[/]")
+    if res.failed or res.annotate_error:
         raise typer.Exit(1)

@@ -47,5 +47,7 @@ def status(
             _ui.out.print(f"[yellow]{row['kind']}: {row['problem']}[/]")
     if rep["next"]:
         _ui.out.print(f"next: [bold]{rep['next']}[/]")
+        if rep.get("note"):
+            _ui.out.print(f"[dim]({rep['note']})[/]")
     else:
         _ui.out.print("every stage is up to date")

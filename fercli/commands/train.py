@@ -16,17 +16,19 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
-from fercli.training import RECIPES, TeacherConfig, TrainConfig, fit
+
+# fercli.training.RECIPES's names (a test checks they agree), spelled out so `--help` imports no torch.
+RECIPE_NAMES = ("paper", "rafdb", "affectnet", "ferplus-cpu")
 
 # name -> (type, typer option, used by the teacher command too)
 OPTIONS: dict[str, tuple[Any, Any, bool]] = {
     "labels": (Path, typer.Option(None, "--labels", help="Label distributions from `fer gen-labels` \\[default: the workspace's]."), False),
-    "out": (Path, typer.Option(None, "--out", "-o", help="Run directory \\[default: WORKSPACE/student or WORKSPACE/teacher]."), True),
+    "out": (Path, typer.Option(None, "--out", "-o", help="Run directory \\[default: WORKSPACE/student]."), True),
     "arch": (str, typer.Option(None, "--arch", help="Registered model (lfer, lfer_head, shufflenet_v2, resnet18, resnet50)."), True),
     "pretrained": (str, typer.Option(None, "--pretrained", help="Initialise from 'imagenet' weights in torch's hub cache."), True),
     "init": (Path, typer.Option(None, "--init", help="Initialise from a compatible checkpoint."), True),
     "input_size": (int, typer.Option(None, "--input-size", help="Training resolution, a multiple of 16 (paper: 224)."), True),
-    "recipe": (str, typer.Option(None, "--recipe", help=f"Preset: {', '.join(RECIPES)}."), True),
+    "recipe": (str, typer.Option(None, "--recipe", help=f"Preset: {', '.join(RECIPE_NAMES)}."), True),
     "epochs": (int, typer.Option(None, "--epochs", help="Epochs (paper: 120)."), True),
     "batch_size": (int, typer.Option(None, "--batch-size", "-b", help="Batch size per process."), True),
     "lr": (float, typer.Option(None, "--lr", help="SGD learning rate (paper: 0.01)."), True),
@@ -94,13 +96,17 @@ TEACHER_EXAMPLE = """Examples:
 
 def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Optional[Path], json_out: bool,
          **opts: Any) -> None:
+    from fercli.training import RECIPES, TeacherConfig, TrainConfig, fit
+
     ws = _ui.state(ctx).workspace
     cls = TeacherConfig if kind == "teacher" else TrainConfig
     section = "pretrain-teacher" if kind == "teacher" else "train"
     overrides = {"manifest": manifest, **opts}
-    cfg = build_config(cls, section, overrides, ws, config)
-    if cfg.recipe is not None:  # recipe values sit below every explicit setting
-        cfg = build_config(cls, section, overrides, ws, config, base=RECIPES.get(cfg.recipe, {}))
+    # A first pass finds the recipe; its values sit below every explicit setting, and the final
+    # config is validated as a whole (an unknown recipe is refused there).
+    first = build_config(cls, section, overrides, ws, config, validate=False)
+    base = RECIPES.get(first.recipe, {}) if first.recipe is not None else None
+    cfg = build_config(cls, section, overrides, ws, config, base=base)
     progress = _ui.RichTrainProgress()
     try:
         result = fit(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,
@@ -145,6 +151,8 @@ def _command(kind: str, doc: str):
                           default=typer.Argument(None, help="Dataset manifest \\[default: the workspace's dataset].")),
     ]
     for name, (typ, option, for_teacher) in OPTIONS.items():
+        if name == "out" and kind == "teacher":
+            option = typer.Option(None, "--out", "-o", help="Run directory \\[default: WORKSPACE/teacher].")
         if kind == "student" or for_teacher:
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ], default=option))
     params += [
