@@ -291,6 +291,7 @@ def validate_import(cfg: Any) -> None:
     parse_split_renames(cfg.rename_splits)
     if hasattr(cfg, "split_fractions"):
         split_fractions("--split-fractions", cfg.split_fractions)
+        need("split_seed", cfg.split_seed, isinstance(cfg.split_seed, int) and cfg.split_seed >= 0, "an integer >= 0")
 
 
 @_validator("fercli.evaluation.EvalConfig")

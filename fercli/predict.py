@@ -9,6 +9,7 @@ classification across all their faces.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Iterator
@@ -167,9 +168,9 @@ def _units(path: str, every: int) -> Iterator[tuple[int | None, LoadedImage]]:
 # scale with the face (within bounds set by the picture's size), so labels stay readable on crowds and
 # on small photos; pictures under ANNOTATE_MIN_SIDE px are enlarged for drawing.
 ANNOTATE_MIN_SIDE = 256  # px: smaller pictures are enlarged (labels need room)
-TEXT_PER_FACE = 0.2  # label text height / the face box's shorter side
+TEXT_PER_FACE = 0.17  # label text height / the face box's shorter side
 TEXT_MIN_PX, TEXT_MIN_FRAC = 10, 0.015  # smallest label text: 10 px, or 1.5% of the picture's shorter side
-TEXT_MAX_FRAC = 0.04  # largest label text: 4% of the picture's shorter side
+TEXT_MAX_FRAC = 0.035  # largest label text: 3.5% of the picture's shorter side
 LEGEND_FRAC = 0.028  # legend text height / the picture's shorter side (at least TEXT_MIN_PX)
 _FONT = None  # cv2.FONT_HERSHEY_SIMPLEX, set on first use (cv2 is imported lazily)
 # BGR colours of the standard classes; other class names take the fallback palette in order.
@@ -245,6 +246,7 @@ def _font() -> int:
     return _FONT
 
 
+@functools.lru_cache(maxsize=4096)
 def _text_box(text: str, height: int) -> tuple[int, int, int, float, int]:
     """(width, height, baseline, font scale, stroke) of ``text`` drawn ``height`` px tall."""
     import cv2
@@ -265,7 +267,7 @@ def plan_annotation(width: int, height: int, faces: list[FaceResult],
 
     Guarantees: every label lies inside the picture and no two labels overlap (a label that finds no
     free place is left out: its box's colour still tells the class). Label text is
-    ``TEXT_PER_FACE`` x the face's shorter side, within [max(10 px, 1.5%), 4%] of the picture's
+    ``TEXT_PER_FACE`` x the face's shorter side, within [max(10 px, 1.5%), 3.5%] of the picture's
     shorter side, and shrinks (then drops the probability) only to find room.
     """
     if classes is None:
@@ -304,12 +306,13 @@ def plan_annotation(width: int, height: int, faces: list[FaceResult],
             w, th, base, _, _ = _text_box(text, h)
             pad = max(2, round(h / 5))
             lw, lh = w + 2 * pad, th + base + pad
-            lx = min(max(0, (x1 + x2) // 2 - lw // 2), W - lw)
+            xs = dict.fromkeys(min(max(0, x), W - lw) for x in ((x1 + x2) // 2 - lw // 2, x1, x2 - lw))
             for where, ly in (("below", y2 + t), ("above", y1 - t - lh), ("inside-bottom", y2 - t - lh),
                               ("inside-top", y1 + t)):
-                rect = (lx, ly, lx + lw, ly + lh)
-                if lx >= 0 and ly >= 0 and rect[2] <= W and rect[3] <= H:
-                    yield where, rect
+                for lx in xs:  # centred on the box, else flush with its left or right side
+                    rect = (lx, ly, lx + lw, ly + lh)
+                    if lx >= 0 and ly >= 0 and rect[2] <= W and rect[3] <= H:
+                        yield where, rect
 
         choice = None
         for strict in (True, False):  # first: cover no other face; then: any free place

@@ -48,6 +48,10 @@ def import_(
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="fer2013: where to write the PNG images."),
     allow_missing: Optional[bool] = typer.Option(None, "--allow-missing", help="Drop rows whose image is absent instead of failing."),
     rename_split: Optional[str] = typer.Option(None, "--rename-split", help="OLD=NEW\\[,...]: e.g. valid=test keeps FERPlus valid out of model selection (train with --val-fraction)."),
+    split_fractions: Optional[str] = typer.Option(
+        None, "--split-fractions", help="Class folders without train/valid/test folders are split once, stratified by "
+        "class and seeded: TRAIN,VALID,TEST fractions \\[default: 0.8,0.1,0.1]."),
+    no_split: Optional[bool] = typer.Option(None, "--no-split", help="Keep every image of such a folder in train (training then needs --val-fraction)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[import] table of these options."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -62,7 +66,7 @@ def import_(
     cfg = build_config(
         ImportConfig, "import",
         dict(format=format, src=src, out=out, classes=classes, images=images, images_dir=images_dir, allow_missing=allow_missing,
-             rename_splits=rename_split),
+             rename_splits=rename_split, split_fractions=split_fractions, no_split=no_split),
         workspace=ws, config_file=config,
     )
     result = run_import(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]))

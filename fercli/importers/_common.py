@@ -32,6 +32,10 @@ class ImportConfig:
     images_dir: Path | None = None  # fer2013: where the PNGs are written (default: beside the manifest)
     allow_missing: bool = False  # drop rows whose image is absent instead of failing
     rename_splits: str | None = None  # "valid=test[,...]": e.g. keep FERPlus valid untouched for the final report
+    # folder: class folders without train/valid/test folders are split once, stratified and seeded
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, valid, test
+    no_split: bool = False  # keep every image in train instead
+    split_seed: int = 0
 
 
 @dataclass
