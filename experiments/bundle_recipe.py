@@ -109,8 +109,8 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
     point = choose_operating_point(curve)
     shift = -point["tau"] * np.log(prior / prior.sum())
     layer = fold_logit_adjustment(model, shift)
-    adjusted_plain = plain + shift  # the adjusted model's logits, without running it again
-    temperature = fit_temperature(adjusted_plain, y)
+    # the adjusted model's logits, without running it again; the temperature fits what inference computes
+    temperature = fit_temperature(plain + shift, y, [flipped + shift] if tta == "flip" else None)
     ckpt = {**ckpt, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "temperature": temperature, "tta": tta,
             "logit_adjustment": {"tau": point["tau"], "prior": (prior / prior.sum()).tolist(), "folded_into": layer,

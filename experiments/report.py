@@ -2,7 +2,8 @@
 
 Every number in the generated blocks of docs/RESULTS.md and docs/MODEL_CARD.md (between ``<!-- BEGIN name -->`` and
 ``<!-- END name -->``) comes from experiments/results/; the prose around them is written by hand.
-Runs still missing are listed as such, never filled in.
+Runs still missing are listed as such, never filled in. The recipe study (experiments/results/recipe/,
+issue 13) is rendered by report_recipe.py, and the new model's card, once its bundled.json exists, by report_card.py.
 
     python experiments/report.py
 """
@@ -29,8 +30,8 @@ VARIANT_NOTES = {
 }
 
 
-def load_dir(exp: str) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((c.RESULTS / exp).glob("*.json"))}
+def load_dir(exp: str, results: Path = c.RESULTS) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((results / exp).glob("*.json"))}
 
 
 def pct(x: float) -> str:
@@ -94,7 +95,7 @@ def ablation_block(runs: dict[str, dict]) -> tuple[str, dict]:
     return "\n".join(lines), diff
 
 
-def beta_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
+def beta_block(runs: dict[str, dict], ablation: dict[str, dict], img: Path = IMG) -> str:
     rows = []
     if "lfer_ldl-s0" in ablation:
         rows.append((0.2, ablation["lfer_ldl-s0"]))
@@ -108,7 +109,7 @@ def beta_block(runs: dict[str, dict], ablation: dict[str, dict]) -> str:
         e8, e7 = r["ferplus_valid_8"], r["ferplus_valid_7"]
         lines.append(f"| {b:.1f} | {pct(e8['accuracy'])} | {pct(e7['accuracy'])} | {pct(e8['mean_class_accuracy'])} | "
                      f"{pct(e8['macro_f1'])} | {pct(r['train']['best_val_acc'])} | `{r['experiment']}/{r['run']}` |")
-    plot_beta(rows, IMG / "beta_sweep.png")
+    plot_beta(rows, img / "beta_sweep.png")
     lines += ["", "![beta sweep](img/beta_sweep.png)"]
     return "\n".join(lines)
 
@@ -205,7 +206,7 @@ def fit_budget(epochs: list[int], acc: list[float]) -> dict:
     return out
 
 
-def budget_block(runs: dict[str, dict], ablation: dict[str, dict]) -> tuple[str, dict]:
+def budget_block(runs: dict[str, dict], ablation: dict[str, dict], img: Path = IMG) -> tuple[str, dict]:
     lines = ["| variant | epochs | FERPlus valid, 8 cl. (%) | 7 cl. (%) | mean-class, 8 cl. (%) | holdout (%) | train acc, last epoch (%) | CPU h | run |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     pairs, fits = [], {}
@@ -226,10 +227,10 @@ def budget_block(runs: dict[str, dict], ablation: dict[str, dict]) -> tuple[str,
     if not runs:
         lines.append("| _longer runs_ | 40, 60 | not finished yet (`python experiments/budget.py` resumes them) | | | | | | |")
         return "\n".join(lines), fits
-    plot_budget(pairs, IMG / "ferplus_budget.png")
+    plot_budget(pairs, img / "ferplus_budget.png")
     lines += ["", "![budget](img/ferplus_budget.png)", "", fit_table(fits)]
     if any("loglinear" in f for f in fits.values()):
-        plot_budget_fit(fits, IMG / "ferplus_budget_fit.png")
+        plot_budget_fit(fits, img / "ferplus_budget_fit.png")
         lines += ["", "![budget fit](img/ferplus_budget_fit.png)"]
     return "\n".join(lines), fits
 
@@ -394,18 +395,26 @@ def replace_block(text: str, name: str, body: str) -> str:
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def main() -> None:
-    c.parser(__doc__).parse_args()
-    ablation = load_dir("ablation")
-    beta = load_dir("beta")
-    budget = load_dir("budget")
-    teacher = c.read_result(c.RESULTS / "teacher.json")
-    dist = c.read_result(c.RESULTS / "dist_quality.json")
-    bundled = c.read_result(c.RESULTS / "bundled.json")
+def render(img: Path = IMG, results: Path = c.RESULTS, recipe_results: Path | None = None) -> tuple[str, str, dict]:
+    """docs/RESULTS.md and docs/MODEL_CARD.md with every generated block refreshed from ``results`` (plots
+    into ``img``), and summary.json's content; writes nothing else."""
+    import sys
+
+    sys.modules.setdefault("report", sys.modules[__name__])  # the recipe modules import this one's helpers
+    import report_card
+    import report_recipe as rr
+
+    ablation = load_dir("ablation", results)
+    beta = load_dir("beta", results)
+    budget = load_dir("budget", results)
+    teacher = c.read_result(results / "teacher.json")
+    dist = c.read_result(results / "dist_quality.json")
+    bundled = c.read_result(results / "bundled.json")
+    recipe_runs = rr.load(recipe_results or results / "recipe")
     table, diff = ablation_block(ablation)
-    budget_text, budget_fits = budget_block(budget, ablation)
+    budget_text, budget_fits = budget_block(budget, ablation, img)
     if ablation or teacher:
-        curves_plot(ablation, teacher, IMG / "ferplus_curves.png")
+        curves_plot(ablation, teacher, img / "ferplus_curves.png")
     if bundled:
         import numpy as np
 
@@ -413,18 +422,33 @@ def main() -> None:
 
         e8 = bundled["ferplus_valid_8"]
         plot_confusion(np.asarray(e8["confusion"]), e8["classes"],
-                       f"bundled lfer LDL on FERPlus valid (acc {e8['accuracy']:.3f})", IMG / "ferplus_confusion.png")
+                       f"bundled lfer LDL on FERPlus valid (acc {e8['accuracy']:.3f})", img / "ferplus_confusion.png")
+    recipe_blocks, contrasts = rr.results_blocks(recipe_runs, teacher, img)
     text = DOC.read_text()
-    for name, body in (("ablation", table), ("teacher", teacher_block(teacher)), ("beta", beta_block(beta, ablation)),
-                       ("dist", dist_block(dist)), ("bundled", bundled_block(bundled)),
-                       ("budget", budget_text),
-                       ("hours", hours_block([*ablation.values(), *beta.values(), *budget.values()], teacher))):
+    for name, body in (("ablation", table), ("teacher", teacher_block(teacher)),
+                       ("beta", beta_block(beta, ablation, img)), ("dist", dist_block(dist)),
+                       ("bundled", bundled_block(bundled)), ("budget", budget_text),
+                       ("hours", hours_block([*ablation.values(), *beta.values(), *budget.values()], teacher)),
+                       *recipe_blocks.items()):
         text = replace_block(text, name, body)
+    if "bundled" in recipe_runs:  # the new bundled model's card (the previous model becomes a note in it)
+        card = report_card.model_card(CARD.read_text(), recipe_runs["bundled"], bundled, img)
+    else:
+        card = replace_block(replace_block(CARD.read_text(), "card", card_block(bundled)), "recipe",
+                             recipe_block(bundled))
+    summary = {"ablation_ldl_vs_baseline": diff, "budget_fits": budget_fits}
+    if contrasts:
+        summary["recipe_contrasts"] = contrasts
+    return text, card, summary
+
+
+def main() -> None:
+    c.parser(__doc__).parse_args()
+    text, card, summary = render()
     atomic_write_text(DOC, text)
-    card = replace_block(CARD.read_text(), "card", card_block(bundled))
-    atomic_write_text(CARD, replace_block(card, "recipe", recipe_block(bundled)))
-    c.write_result(c.RESULTS / "summary.json", {"ablation_ldl_vs_baseline": diff, "budget_fits": budget_fits})
-    print(f"updated {DOC.relative_to(c.ROOT)} and {IMG.relative_to(c.ROOT)}/")
+    atomic_write_text(CARD, card)
+    c.write_result(c.RESULTS / "summary.json", summary)
+    print(f"updated {DOC.relative_to(c.ROOT)}, {CARD.relative_to(c.ROOT)} and {IMG.relative_to(c.ROOT)}/")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,15 @@ Latency: every (model, backend) pair of one (device, input size, batch) cell is 
 loop, interleaved and in rotating order, so load from other processes hits them alike and ratios
 within a cell are fair. Reported: median and 90th percentile per forward pass, images/s from the
 median, and the thread count.
+
+Quantised variants (:mod:`fercli.quantize`): the backends ``onnxruntime-fp16``,
+``onnxruntime-int8-dynamic`` and ``onnxruntime-int8`` run the model's ONNX export converted exactly
+as `fer export --quantize` converts it (static int8 calibrated on seeded random inputs: the ranges
+change the numbers, not the kernels, so not the speed); an exported ``.onnx`` file (any of them) can
+also be listed as a model and runs on ``onnxruntime`` (and ``openvino``). Each row gives the model
+file's size (``bytes``: the ONNX file; for eager and TorchScript the float32 weights) and
+``ort_speedup``: the float32 ONNX Runtime median of the same model and cell divided by this one
+(for exported files: of the first float32 file listed).
 """
 
 from __future__ import annotations
@@ -35,7 +44,10 @@ from fercli.models import PooledDepthwise, create_model, list_models
 from fercli.progress import Track, no_track
 from fercli.transforms import DEFAULT_INPUT_SIZE, check_input_size
 
-BACKENDS = ("eager", "torchscript", "onnxruntime")
+QUANTIZED_BACKENDS = {"onnxruntime-fp16": "fp16", "onnxruntime-int8-dynamic": "int8-dynamic", "onnxruntime-int8": "int8"}
+DEFAULT_BACKENDS = ("eager", "torchscript", "onnxruntime")
+BACKENDS = (*DEFAULT_BACKENDS, *QUANTIZED_BACKENDS, "openvino")
+FILE_BACKENDS = ("onnxruntime", "openvino")  # what an exported .onnx file listed as a model runs on
 COUNTER = ("thop: multiply-accumulates of Conv2d and Linear layers (BatchNorm, activations, pooling and "
            "additions not counted), cross-checked with torch.utils.flop_counter; FLOPs = 2 x MACs")
 
@@ -57,7 +69,7 @@ class BenchConfig:
     models: tuple[str, ...] = ("shufflenet_v2", "lfer_head", "lfer")  # registry names or checkpoint paths
     sizes: tuple[int, ...] = ()  # empty: 224 for registry names, a checkpoint's own input size
     batches: tuple[int, ...] = (1, 32)
-    backends: tuple[str, ...] = BACKENDS
+    backends: tuple[str, ...] = DEFAULT_BACKENDS  # BACKENDS lists every choice
     devices: tuple[str, ...] = ()  # empty: cpu, plus cuda when available
     num_classes: int = 7  # for registry names
     warmup: int = 3
@@ -70,12 +82,15 @@ class BenchConfig:
 
 @dataclass
 class BenchModel:
-    """One model to benchmark: a display label, the network (eval mode) and its native input size."""
+    """One model to benchmark: a display label, the network (eval mode) and its native input size;
+    or an exported ONNX file (``onnx`` holds its bytes, ``model`` is None)."""
 
     label: str
-    model: nn.Module
+    model: nn.Module | None
     input_size: int
-    source: str  # "registry" or the checkpoint path
+    source: str  # "registry", the checkpoint path or the ONNX file's path
+    onnx: bytes | None = None
+    quantization: str = "float32"  # an ONNX file's: float32, fp16, int8-dynamic, int8
 
 
 @dataclass
@@ -149,6 +164,15 @@ def resolve_models(specs: tuple[str, ...], num_classes: int) -> list[BenchModel]
         path = Path(spec)
         if spec in list_models():
             out.append(BenchModel(spec, create_model(spec, num_classes).eval(), DEFAULT_INPUT_SIZE, "registry"))
+        elif path.suffix.lower() == ".onnx":
+            from fercli.export import read_export_meta
+
+            if not path.is_file():
+                raise FerError(f"{spec}: no such ONNX file")
+            meta = read_export_meta(path)
+            quant = (meta.get("quantization") or {}).get("mode", "float32")
+            out.append(BenchModel(f"{path.name} ({meta.get('arch', '?')}, {quant})", None, int(meta["input_size"]),
+                                  str(path), onnx=path.read_bytes(), quantization=quant))
         elif path.suffix.lower() in (".pt", ".pth") or path.exists():
             if not path.is_file():
                 raise FerError(f"{spec}: no such checkpoint")
@@ -173,12 +197,54 @@ def _devices(requested: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def make_runner(model: nn.Module, backend: str, device: str, batch: int, size: int,
-                threads: int) -> Callable[[], Any]:
-    """A zero-argument callable running one forward pass of ``batch`` random images on ``backend``."""
-    from fercli.export import onnx_bytes, ort_session, torchscript_module
+def weights_bytes(model: nn.Module) -> int:
+    """The float32 size of a model's parameters and buffers."""
+    return sum(t.numel() * 4 if t.is_floating_point() else t.numel() * t.element_size()
+               for t in list(model.parameters()) + list(model.buffers()))
+
+
+def onnx_variant(model: nn.Module, backend: str, size: int) -> bytes:
+    """The ONNX file a backend runs: float32, or quantised as `fer export --quantize` does it."""
+    from fercli.export import onnx_bytes
+
+    data = onnx_bytes(model, size)
+    mode = QUANTIZED_BACKENDS.get(backend)
+    if mode is None:
+        return data
+    from fercli.quantize import quantize_bytes
+
+    calib = None
+    if mode == "int8":  # seeded random inputs: the ranges change the numbers, not the kernels
+        calib = np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
+    return quantize_bytes(data, mode, calib)[0]
+
+
+def openvino_runner(data: bytes, batch: int, size: int, threads: int) -> Callable[[], Any]:
+    """One forward pass of ``batch`` random images through OpenVINO's CPU plugin (float32 precision)."""
+    from fercli.export import OpenVINOSession
+
+    session = OpenVINOSession(data, threads)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)}
+    return lambda: session.run(None, feed)
+
+
+def make_runner(model: nn.Module | None, backend: str, device: str, batch: int, size: int,
+                threads: int, onnx: bytes | None = None) -> Callable[[], Any]:
+    """A zero-argument callable running one forward pass of ``batch`` random images on ``backend``
+    (``onnx``: run these ONNX bytes instead of exporting ``model``)."""
+    from fercli.export import ort_session, torchscript_module
 
     x = torch.randn(batch, 3, size, size)
+    if onnx is not None or backend == "openvino":
+        data = onnx if onnx is not None else onnx_variant(model, "onnxruntime", size)
+        if backend == "openvino":
+            if device != "cpu":
+                raise FerError("the openvino backend runs on cpu here")
+            return openvino_runner(data, batch, size, threads)
+        session = ort_session(data, threads=threads, device=device)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
+    assert model is not None
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if backend == "eager":
         # A copy on the GPU, so the caller's model stays on the CPU for the other backends.
@@ -203,8 +269,8 @@ def make_runner(model: nn.Module, backend: str, device: str, batch: int, size: i
                 y = scripted(xd)
             sync()
             return y
-    elif backend == "onnxruntime":
-        session = ort_session(onnx_bytes(model, size), threads=threads, device=device)
+    elif backend == "onnxruntime" or backend in QUANTIZED_BACKENDS:
+        session = ort_session(onnx_variant(model, backend, size), threads=threads, device=device)
         feed = {session.get_inputs()[0].name: x.numpy()}
 
         def run() -> Any:
@@ -265,17 +331,29 @@ def _run(cfg: BenchConfig, track: Track) -> BenchReport:
     report = BenchReport(threads=threads, environment=environment())
     sizes_of = {m.label: list(cfg.sizes) or [m.input_size] for m in models}
     for m in models:
+        if m.model is None:  # an ONNX file: no PyTorch graph to count
+            continue
         for size in sizes_of[m.label]:
             report.cost.append({"model": m.label, "source": m.source, "input_size": size, **count_cost(m.model, size)})
     if not cfg.latency or not cfg.backends or not cfg.batches:
         return report
     backends = list(cfg.backends)
-    if "onnxruntime" in backends:
+    if any(b.startswith("onnxruntime") for b in backends) or any(m.onnx is not None for m in models):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            backends.remove("onnxruntime")
+            backends = [b for b in backends if not b.startswith("onnxruntime")]
             report.skipped.append("onnxruntime: not installed (pip install onnxruntime)")
+    if "openvino" in backends:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            backends.remove("openvino")
+            report.skipped.append("openvino: not installed (pip install openvino)")
+    if any(m.onnx is not None for m in models) and not any(b in FILE_BACKENDS for b in backends):
+        backends.append("onnxruntime")  # an ONNX file listed as a model runs at least on ONNX Runtime
+    sizes_bytes: dict[tuple[str, str, int], int] = {}
+    _variants: dict[tuple[str, str, int], bytes] = {}  # (model, backend, size) -> ONNX bytes, made once per run
     devices = _devices(cfg.devices)
     cells = [(d, s, b) for d in devices for s in sorted({s for v in sizes_of.values() for s in v}) for b in cfg.batches]
     for device, size, batch in track(cells, description="timing"):
@@ -283,21 +361,37 @@ def _run(cfg: BenchConfig, track: Track) -> BenchReport:
         for m in models:
             if size not in sizes_of[m.label]:
                 continue
+            if m.onnx is not None and size != m.input_size:
+                report.skipped.append(f"{m.label}: an ONNX file runs at its own input size {m.input_size}, not {size}")
+                continue
             for backend in backends:
+                if m.onnx is not None and backend not in FILE_BACKENDS:
+                    continue  # an exported file runs as it is: on onnxruntime and openvino
                 try:
-                    runners[(m.label, backend)] = make_runner(m.model, backend, device, batch, size, threads)
+                    data = m.onnx
+                    if m.model is not None and (backend in QUANTIZED_BACKENDS or backend in ("onnxruntime", "openvino")):
+                        key = (m.label, "onnxruntime" if backend == "openvino" else backend, size)
+                        if key not in _variants:
+                            _variants[key] = onnx_variant(m.model, key[1], size)
+                        data = _variants[key]
+                    runners[(m.label, backend)] = make_runner(m.model, backend, device, batch, size, threads, onnx=data)
+                    sizes_bytes[(m.label, backend, size)] = len(data) if data is not None else weights_bytes(m.model)
                 except FerError as exc:
                     report.skipped.append(f"{m.label} {backend} {device}: {exc}")
         times = time_interleaved(runners, cfg.warmup, cfg.reps, cfg.min_reps, cfg.max_seconds)
+        quant_of = {m.label: m.quantization for m in models}
         for (label, backend), ts in times.items():
             arr = np.asarray(ts) * 1000.0
             median = float(np.median(arr))
             report.latency.append({
                 "model": label, "backend": backend, "device": device, "input_size": size, "batch": batch,
                 "median_ms": median, "p90_ms": float(np.percentile(arr, 90)), "images_per_s": batch / median * 1000.0,
-                "reps": len(ts), "threads": threads,
+                "reps": len(ts), "threads": threads, "bytes": sizes_bytes.get((label, backend, size)),
+                "quantization": QUANTIZED_BACKENDS.get(backend, quant_of[label]),
             })
     _add_ratios(report.latency, [m.label for m in models])
+    _add_ort_speedup(report.latency, {m.label for m in models if m.onnx is not None},
+                     [m.label for m in models if m.onnx is not None and m.quantization == "float32"])
     return report
 
 
@@ -312,6 +406,17 @@ def _add_ratios(rows: list[dict[str, Any]], order: list[str]) -> None:
         r["eager_speedup"] = eager["median_ms"] / r["median_ms"] if eager else None
 
 
+def _add_ort_speedup(rows: list[dict[str, Any]], files: set[str], fp32_files: list[str]) -> None:
+    """``ort_speedup``: the float32 ONNX Runtime median of the same model (for an exported file: of the
+    first float32 file listed) in the same cell, divided by this row's median."""
+    index = {(r["model"], r["backend"], r["device"], r["input_size"], r["batch"]): r for r in rows}
+    for r in rows:
+        cell = (r["device"], r["input_size"], r["batch"])
+        refs = fp32_files if r["model"] in files else [r["model"]]
+        ref = next((index[(m, "onnxruntime", *cell)] for m in refs if (m, "onnxruntime", *cell) in index), None)
+        r["ort_speedup"] = ref["median_ms"] / r["median_ms"] if ref else None
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers were measured."""
     env: dict[str, Any] = {"torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -322,6 +427,12 @@ def environment() -> dict[str, Any]:
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         env["onnxruntime"] = None
+    try:
+        from importlib.metadata import version
+
+        env["openvino"] = version("openvino")
+    except Exception:  # noqa: BLE001 - not installed
+        env["openvino"] = None
     return env
 
 

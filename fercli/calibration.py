@@ -112,23 +112,33 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
                      for b in calibration_bins(probs, labels, bins) if b["count"]))
 
 
-def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                    views: list[np.ndarray | torch.Tensor] | None = None) -> float:
     """The temperature ``T > 0`` minimising the NLL of ``softmax(logits / T)`` on these labels.
 
+    With ``views`` (e.g. the logits of the mirrored images), the probabilities are the mean of
+    ``softmax(v / T)`` over ``logits`` and every view: what flip TTA computes at inference.
     Optimised over ``log T`` (so ``T`` stays positive) with L-BFGS; deterministic for given inputs.
     """
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
         raise FerError(f"cannot fit a temperature on logits of shape {tuple(z.shape)} and {len(y)} labels")
-    if not torch.isfinite(z).all():
+    zs = [z, *(torch.as_tensor(np.asarray(v), dtype=torch.float64) for v in views or ())]
+    if any(v.shape != z.shape for v in zs):
+        raise FerError("cannot fit a temperature: the views' logits differ in shape")
+    if not all(torch.isfinite(v).all() for v in zs):
         raise FerError("cannot fit a temperature: the logits contain NaN or inf")
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
+        if len(zs) == 1:
+            loss = F.cross_entropy(z / log_t.exp(), y)
+        else:
+            p = torch.stack([F.softmax(v / log_t.exp(), dim=1) for v in zs]).mean(0)
+            loss = F.nll_loss(torch.log(p.clamp_min(1e-300)), y)
         loss.backward()
         return loss
 

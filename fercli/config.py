@@ -7,8 +7,8 @@ types so a typo in a config file is a one-line error naming the file and key.
 
 Then it validates the finished config (:func:`validate_config`): every option's range, choice and
 path, in one place per stage (:data:`VALIDATORS`, below), before any data is read or anything
-written. A bad value is one line naming the option (``--min-score 5.0 is out of range: it must be
-in [0, 1)``), whether it came from a flag, ``fer.toml`` or ``--config``.
+written. A bad value is one line naming the option (``--min-score must be in [0, 1), got 5.0``),
+whether it came from a flag, ``fer.toml`` or ``--config``.
 
 This module stays light (no torch, pandas or OpenCV at import): ``fer --help`` imports it.
 """
@@ -124,6 +124,8 @@ def build_config(
     if workspace is not None and workspace.config_file is not None:
         _apply(values, workspace.config_section(section), fields, f"{workspace.config_file} [{section}]")
     if config_file is not None:
+        if not Path(config_file).is_file():
+            raise FerError(f"--config {config_file}: config file not found")
         data = load_config_file(config_file)
         table = data.get(section, data) if isinstance(data.get(section), dict) else data
         _apply(values, table, fields, str(config_file))
@@ -172,15 +174,15 @@ def _number(v: Any) -> bool:
 
 
 def need(option: str, value: Any, ok: bool, want: str) -> None:
-    """Raise ``<option> <value> is out of range: it must be <want>`` unless ``ok``."""
+    """Raise ``<option> must be <want>, got <value>`` unless ``ok``."""
     if not ok:
-        raise FerError(f"{option} {value!r} is out of range: it must be {want}")
+        raise FerError(f"{option} must be {want}, got {value!r}")
 
 
 def choice(option: str, value: Any, options: typing.Iterable[str]) -> None:
     options = tuple(options)
     if value not in options:
-        raise FerError(f"{option} {value!r} is not one of {', '.join(options)}")
+        raise FerError(f"{option} must be one of {', '.join(map(str, options))}, got {value!r}")
 
 
 def at_least(option: str, value: Any, low: float, optional: bool = False) -> None:
@@ -238,10 +240,23 @@ def split_fractions(option: str, value: typing.Sequence[float]) -> None:
          "three fractions TRAIN,VALID,TEST that sum to 1 with TRAIN > 0, e.g. 0.8,0.1,0.1")
 
 
+def _runtime(cfg: Any) -> None:
+    """``--runtime``: what runs an exported .onnx model (fercli.export.RUNTIMES)."""
+    if getattr(cfg, "runtime", None) is not None:
+        try:
+            from fercli.export import RUNTIMES
+        except ImportError:
+            RUNTIMES = ("onnxruntime", "openvino")
+        choice("--runtime", cfg.runtime, RUNTIMES)
+
+
 def _detection(cfg: Any, detectors: typing.Sequence[str]) -> None:
     """The face-detection options `fer align` and `fer predict` share."""
     choice("--detector", cfg.detector, detectors)
-    existing("--detector-weights", cfg.detector_weights)
+    if cfg.detector_weights is not None and not Path(cfg.detector_weights).expanduser().is_file():
+        raise FerError(f"--detector-weights {cfg.detector_weights}: no such file; check the path, or use --detector "
+                       "retinaface-mobilenet --detector-weights mobilenet0.25_Final.pth, or --detector haar "
+                       "(OpenCV's cascade, offline, boxes only)")
     choice("--faces", cfg.faces, ("largest", "best", "all"))
     in_range("--min-score", cfg.min_score, 0, 1, high_open=True)
     at_least("--min-face-size", cfg.min_face_size, 0)
@@ -269,6 +284,7 @@ def validate_predict(cfg: Any) -> None:
 
     _detection(cfg, ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar"))
     existing("--model", cfg.model)
+    _runtime(cfg)
     at_least("--every", cfg.every, 1)
     if cfg.tta is not None:
         choice("--tta", cfg.tta, TTA_MODES)
@@ -301,6 +317,7 @@ def validate_eval(cfg: Any) -> None:
 
     existing("--model", cfg.model)
     existing("MANIFEST", cfg.manifest)
+    _runtime(cfg)
     choice("--split", cfg.split, SPLITS)
     if cfg.tta is not None:
         choice("--tta", cfg.tta, TTA_MODES)
@@ -391,6 +408,16 @@ def validate_export(cfg: Any) -> None:
     in_range("--opset", cfg.opset, 7, 30)
     if cfg.tolerance is not None:
         need("--tolerance", cfg.tolerance, _number(cfg.tolerance) and cfg.tolerance > 0, "> 0")
+    if hasattr(cfg, "quantize"):  # fercli.quantize: --quantize and the options that only it reads
+        from fercli.quantize import check_calib_size, check_options
+
+        existing("--calib", cfg.calib)
+        check_calib_size(cfg.calib_size)
+        in_range("--min-agreement", cfg.min_agreement, 0, 1, optional=True)
+        if cfg.quantize is not None:
+            check_options(cfg)
+        elif cfg.quant_exclude:
+            raise FerError("--quant-exclude applies to --quantize int8 and int8-dynamic only")
 
 
 @_validator("fercli.demo.DemoConfig")

@@ -47,6 +47,7 @@ class EvalConfig:
     cache: bool = True
     device: str = "auto"
     threads: int | None = None
+    runtime: str = "onnxruntime"  # an .onnx model: onnxruntime or openvino (fercli.export.RUNTIMES)
     robustness: bool = False  # also score under the corruption suite (fercli.robustness)
     corruptions: tuple[str, ...] = ()  # with robustness: these corruptions only; empty: the whole suite
     robustness_seed: int = 0  # seeds the corruptions (noise); part of the corrupted images' cache key
@@ -152,7 +153,7 @@ def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
     if on_inputs is not None:
         on_inputs(inputs)
     device = resolve_device(cfg.device)
-    clf = Classifier.load(inputs["model"].path, device, cfg.threads)
+    clf = Classifier.load(inputs["model"].path, device, cfg.threads, runtime=cfg.runtime)
     m = read_manifest(inputs["dataset"].path)
     rows = m.labelled([cfg.split])
     if rows.empty:

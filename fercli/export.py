@@ -61,7 +61,7 @@ class ExportConfig:
     parity_batches: tuple[int, ...] = (1, 3)  # batch sizes of the random parity inputs (tests dynamic batch)
     seed: int = 0  # also seeds the calibration sample of --quantize
     # --quantize (fercli.quantize): an int8 (static, QDQ), int8-dynamic or fp16 ONNX file
-    quantize: Literal["int8", "int8-dynamic", "fp16"] | None = None
+    quantize: str | None = None  # int8, int8-dynamic or fp16 (fercli.quantize.MODES)
     calib: Path | None = None  # manifest (its train split is sampled) or .npy uint8 images; default: the workspace's dataset
     calib_size: int = 500  # calibration images (at least 50)
     quant_exclude: tuple[str, ...] = ()  # nodes kept in float32: first-conv, head, depthwise or node names
@@ -143,6 +143,62 @@ def ort_session(data: bytes | str | os.PathLike[str], threads: int | None = None
             raise FerError("onnxruntime has no CUDA provider here: install onnxruntime-gpu or use --device cpu")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ort.InferenceSession(data if isinstance(data, bytes) else str(data), so, providers=providers)
+
+
+RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported .onnx file in fer eval / predict / bench
+
+
+class _Input:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class OpenVINOSession:
+    """An ONNX file compiled by OpenVINO's CPU plugin, with the part of ONNX Runtime's
+    ``InferenceSession`` interface fercli uses (``get_inputs()[0].name``, ``run(None, feed)``).
+
+    Float32 precision is requested: on CPUs with AVX512-BF16 or AMX OpenVINO would otherwise compute
+    in bfloat16. The batch axis stays dynamic.
+    """
+
+    def __init__(self, data: bytes | str | os.PathLike[str], threads: int | None = None) -> None:
+        import tempfile
+
+        try:
+            import openvino as ov
+        except ImportError:
+            raise FerError("the openvino runtime is not installed: pip install openvino (or use onnxruntime)") from None
+        config = {"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                  "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        core = ov.Core()
+        if isinstance(data, bytes):
+            with tempfile.TemporaryDirectory(prefix="fer-ov-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(data)
+                self._compiled = core.compile_model(str(path), "CPU", config)
+        else:
+            self._compiled = core.compile_model(str(data), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self._name = self._compiled.inputs[0].get_any_name()
+
+    def get_inputs(self) -> list[_Input]:
+        return [_Input(self._name)]
+
+    def run(self, output_names: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self._request.infer({0: np.ascontiguousarray(feed[self._name], dtype=np.float32)})
+        return [np.asarray(result[self._compiled.outputs[0]]).copy()]
+
+
+def runtime_session(data: bytes | str | os.PathLike[str], runtime: str = "onnxruntime", threads: int | None = None,
+                    device: str = "cpu") -> Any:
+    """An ONNX model ready to run on ``runtime`` (onnxruntime or openvino, CPU)."""
+    if runtime == "onnxruntime":
+        return ort_session(data, threads=threads, device=device)
+    if runtime == "openvino":
+        if device != "cpu":
+            raise FerError(f"the openvino runtime runs on cpu here, not {device}; use --device cpu")
+        return OpenVINOSession(data, threads)
+    raise FerError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
 
 
 def export_meta(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:

@@ -101,8 +101,11 @@ def safe_torch_load(src: Any, path: str | os.PathLike[str] | None = None) -> Any
             "containers; only load it if you trust it, and re-save it as a state dict"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise FerError(f"{name}: not a readable PyTorch file ({first})") from exc
+        first = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]  # the first sentence
+        raise FerError(f"{name}: not a readable PyTorch file ({first}): damaged, truncated or not made by torch.save") from exc
+    except Exception as exc:  # anything else the unpickler trips on: the file is not what it should be
+        raise FerError(f"{name}: not a readable PyTorch file (damaged, truncated or not made by torch.save; "
+                       f"{type(exc).__name__}: {exc})") from exc
 
 
 def _probe_dir(path: Path, label: str) -> None:

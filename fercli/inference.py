@@ -55,13 +55,48 @@ def bundled_status() -> str:
     return f"${BUNDLED_ENV} is {env!r}" if _bundled_off(env) else f"{env or BUNDLED_MODEL} is missing"
 
 
+def _reason(exc: FerError, path: Path) -> str:
+    """An error's text without the path it starts with (the caller names the file its own way)."""
+    text = str(exc)
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+NO_MODEL = "no model: pass --model CKPT (a checkpoint or an export), or train one in this workspace with `fer train`"
+
+
 def resolve_model(ws: Workspace, explicit: str | os.PathLike[str] | None = None) -> Artifact:
     """The model `fer eval` and `fer predict` use: ``explicit`` (--model) if given, else the
-    workspace's student, else the bundled FERPlus model, so a bare install can predict offline."""
-    bundled = bundled_model()
-    if explicit is not None or ws.current_path("student") is not None or bundled is None:
+    workspace's student, else the bundled FERPlus model, so a bare install can predict offline.
+
+    A file that is tried and cannot be used (truncated, not a fercli checkpoint, refused because it
+    holds pickled code) is one error saying which file, where it came from and what is wrong with it,
+    never "no model"."""
+    if explicit is not None:
         return ws.resolve("student", explicit)
-    return Artifact("student", bundled, read_artifact_meta(bundled), implicit=False, bundled=True)
+    current = ws.current_path("student")
+    if current is not None:
+        try:
+            return ws.resolve("student", None)
+        except FerError as exc:
+            raise FerError(
+                f"the workspace's student {ws.rel(current)} cannot be used: {_reason(exc, current)}; retrain it "
+                "(`fer train --overwrite`), pass --model FILE, or move it away to fall back to the bundled model"
+            ) from None
+    env = os.environ.get(BUNDLED_ENV)
+    bundled = bundled_model()
+    if bundled is None:
+        raise FerError(f"{NO_MODEL} (no bundled model either: {bundled_status()})")
+    origin = f"${BUNDLED_ENV} names {bundled}, which" if env else f"the bundled model {bundled}"
+    try:
+        meta = read_artifact_meta(bundled)
+    except FerError as exc:
+        fix = (f"point ${BUNDLED_ENV} at a fercli checkpoint or export, or set {BUNDLED_ENV}=none" if env
+               else "reinstall fercli")
+        raise FerError(f"{origin} cannot be used: {_reason(exc, bundled)}; {fix}, or pass --model FILE") from None
+    return Artifact("student", bundled, meta, implicit=False, bundled=True)
 
 
 @dataclass
@@ -80,19 +115,25 @@ class Classifier:
     tta: str = DEFAULT_TTA  # the model's recommended test-time augmentation (the --tta default)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu", threads: int | None = None) -> Classifier:
-        """Load a fercli checkpoint (student or teacher) or an export made by `fer export`."""
+    def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu", threads: int | None = None,
+             runtime: str = "onnxruntime") -> Classifier:
+        """Load a fercli checkpoint (student or teacher) or an export made by `fer export` (an .onnx
+        file runs on ``runtime``: onnxruntime, or openvino when installed)."""
         path = Path(path)
         device = torch.device(device)
+        if runtime not in ("onnxruntime", "openvino"):
+            raise FerError(f"--runtime {runtime!r} is not one of onnxruntime, openvino")
+        if runtime != "onnxruntime" and path.suffix.lower() != ".onnx":
+            raise FerError(f"{path}: the {runtime} runtime runs exported .onnx files only (fer export)")
         if path.suffix.lower() in EXPORT_SUFFIXES:
-            from fercli.export import ort_session, read_export_meta
+            from fercli.export import read_export_meta, runtime_session
 
             meta = read_export_meta(path)
             pre = preset_from_meta(meta)
             # Exports older than calibration have neither key: plain softmax, no TTA.
             calib = {"temperature": model_temperature(meta, str(path)), "tta": model_tta(meta, str(path))}
             if path.suffix.lower() == ".onnx":
-                session = ort_session(path, threads=threads, device=device.type)
+                session = runtime_session(path, runtime, threads=threads, device=device.type)
                 return cls(path, "onnx", meta.get("arch", "?"), tuple(meta["classes"]), pre, device, _session=session,
                            **calib)
             with warnings.catch_warnings():  # torch.jit.load's deprecation notice is not the user's concern

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from fercli.align import load_detector, load_image
-from fercli.align.detectors import HAAR, auto_detector
 from fercli.align.core import select_faces
+from fercli.align.detectors import HAAR, auto_detector
 from fercli.align.imageio import ImageProblem, LoadedImage
 from fercli.align.transform import align_face, box_crop, check_geometry
 from fercli.calibration import TTA_MODES
@@ -32,7 +32,7 @@ from fercli.errors import FerError
 from fercli.fileio import atomic_path, check_writable_dir
 from fercli.imagestatus import NO_IMAGES_IN_FOLDER, NO_MATCH, path_problem
 from fercli.importers._common import is_image
-from fercli.inference import Classifier, bundled_status, resolve_model
+from fercli.inference import Classifier, resolve_model
 from fercli.progress import Track, no_track
 from fercli.transforms import to_rgb_uint8
 from fercli.workspace import Artifact, Workspace
@@ -61,6 +61,7 @@ class PredictConfig:
     batch_size: int = 8  # images per detector forward pass, as `fer align --batch-size`
     device: str = "auto"
     threads: int | None = None
+    runtime: str = "onnxruntime"  # an .onnx model: onnxruntime or openvino (fercli.export.RUNTIMES)
     annotate: Path | None = None  # write copies with boxes and labels drawn here
 
 
@@ -261,6 +262,44 @@ def _overlap(a: Rect, b: Rect) -> int:
     return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
+def _label_places(text: str, h: int, box: Rect, t: int, W: int, H: int) -> Iterator[tuple[str, Rect]]:
+    """Where a label may go, in order of preference: under the box, above it, inside at the bottom,
+    inside at the top; each centred on the box, else flush with its left or right side."""
+    x1, y1, x2, y2 = box
+    w, th, base, _, _ = _text_box(text, h)
+    pad = max(2, round(h / 5))
+    lw, lh = w + 2 * pad, th + base + pad
+    xs = dict.fromkeys(min(max(0, x), W - lw) for x in ((x1 + x2) // 2 - lw // 2, x1, x2 - lw))
+    for where, ly in (("below", y2 + t), ("above", y1 - t - lh), ("inside-bottom", y2 - t - lh), ("inside-top", y1 + t)):
+        for lx in xs:
+            rect = (lx, ly, lx + lw, ly + lh)
+            if lx >= 0 and ly >= 0 and rect[2] <= W and rect[3] <= H:
+                yield where, rect
+
+
+def _area(r: Rect) -> int:
+    return (r[2] - r[0]) * (r[3] - r[1])
+
+
+def _place_label(i: int, texts: tuple[str, ...], wanted: int, lo: int, box: Rect, t: int, W: int, H: int,
+                 placed: list[Rect], others: list[Rect]) -> LabelPlan:
+    """The first free place: at the wanted text size, else shrinking by steps to ``lo``, the full text
+    before the short one at each size; first covering no other face, then anywhere free of labels."""
+    sizes = [wanted]
+    while sizes[-1] > lo:
+        sizes.append(max(lo, int(sizes[-1] * 0.8)))
+    for strict in (True, False):
+        for h in sizes:
+            for text in texts:
+                for where, rect in _label_places(text, h, box, t, W, H):
+                    if any(_overlap(rect, p) for p in placed):
+                        continue
+                    if strict and any(_overlap(rect, o) for o in others):
+                        continue
+                    return LabelPlan(i, text, rect, h, wanted, where)
+    return LabelPlan(i, "", None, 0, wanted, "none")  # no room: the box's colour and the legend tell the class
+
+
 def plan_annotation(width: int, height: int, faces: list[FaceResult],
                     classes: list[str] | tuple[str, ...] | None = None) -> AnnotationPlan:
     """Lay out boxes, labels and legend for ``faces`` on a ``width`` x ``height`` picture.
@@ -287,55 +326,17 @@ def plan_annotation(width: int, height: int, faces: list[FaceResult],
         x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
         boxes.append((x1, y1, x2, y2))
         thick.append(int(min(max_thick, max(1, round(min(x2 - x1, y2 - y1) / 70)))))
-    plans: list[LabelPlan | None] = [None] * len(faces)
+    plans: list[LabelPlan] = [LabelPlan(i, "", None, 0, 0, "none") for i in range(len(faces))]
     placed: list[Rect] = []
-    order = sorted(range(len(faces)), key=lambda i: -(boxes[i][2] - boxes[i][0]) * (boxes[i][3] - boxes[i][1]))
-    for i in order:
-        f, (x1, y1, x2, y2), t = faces[i], boxes[i], thick[i]
+    for i in sorted(range(len(faces)), key=lambda i: -_area(boxes[i])):  # big faces choose first
+        x1, y1, x2, y2 = boxes[i]
+        f = faces[i]
         wanted = int(min(hi, max(lo, round(TEXT_PER_FACE * min(x2 - x1, y2 - y1)))))
-        texts = [f"{short[f.label]} {round(100 * f.probs[f.label])}%", short[f.label]]
-        others = [boxes[j] for j in range(len(faces)) if j != i]
-        sizes, h = [], wanted
-        while True:
-            sizes.append(h)
-            if h <= lo:
-                break
-            h = max(lo, int(h * 0.8))
-
-        def candidates(text: str, h: int):
-            w, th, base, _, _ = _text_box(text, h)
-            pad = max(2, round(h / 5))
-            lw, lh = w + 2 * pad, th + base + pad
-            xs = dict.fromkeys(min(max(0, x), W - lw) for x in ((x1 + x2) // 2 - lw // 2, x1, x2 - lw))
-            for where, ly in (("below", y2 + t), ("above", y1 - t - lh), ("inside-bottom", y2 - t - lh),
-                              ("inside-top", y1 + t)):
-                for lx in xs:  # centred on the box, else flush with its left or right side
-                    rect = (lx, ly, lx + lw, ly + lh)
-                    if lx >= 0 and ly >= 0 and rect[2] <= W and rect[3] <= H:
-                        yield where, rect
-
-        choice = None
-        for strict in (True, False):  # first: cover no other face; then: any free place
-            for h in sizes:
-                for text in texts:
-                    for where, rect in candidates(text, h):
-                        if any(_overlap(rect, p) for p in placed):
-                            continue
-                        if strict and any(_overlap(rect, o) for o in others):
-                            continue
-                        choice = LabelPlan(i, text, rect, h, wanted, where)
-                        break
-                    if choice:
-                        break
-                if choice:
-                    break
-            if choice:
-                break
-        if choice is None:
-            choice = LabelPlan(i, "", None, 0, wanted, "none")
-        else:
-            placed.append(choice.rect)
-        plans[i] = choice
+        texts = (f"{short[f.label]} {round(100 * f.probs[f.label])}%", short[f.label])
+        others = boxes[:i] + boxes[i + 1:]
+        plans[i] = _place_label(i, texts, wanted, lo, boxes[i], thick[i], W, H, placed, others)
+        if plans[i].rect is not None:
+            placed.append(plans[i].rect)
     present = {f.label for f in faces}
     legend = [(short[c], c, colours[c]) for c in classes if c in present]
     return AnnotationPlan(W, H, scale, boxes, thick, [colours[f.label] for f in faces], plans, legend,
@@ -357,7 +358,7 @@ def draw_annotation(image: np.ndarray, plan: AnnotationPlan) -> np.ndarray:
             continue
         x1, y1, x2, y2 = lab.rect
         cv2.rectangle(canvas, (x1, y1), (x2 - 1, y2 - 1), colour, -1)
-        w, th, base, scale, stroke = _text_box(lab.text, lab.text_height)
+        _, th, _, scale, stroke = _text_box(lab.text, lab.text_height)
         pad = max(2, round(lab.text_height / 5))
         cv2.putText(canvas, lab.text, (x1 + pad, y1 + pad // 2 + th), _font(), scale, _ink(colour), stroke, cv2.LINE_AA)
     if not plan.legend:
@@ -368,7 +369,7 @@ def draw_annotation(image: np.ndarray, plan: AnnotationPlan) -> np.ndarray:
     items = []
     for short, name, colour in plan.legend:
         text = name if short == name else f"{short} = {name}"
-        w, th, base, scale, stroke = _text_box(text, h)
+        w, _, _, scale, stroke = _text_box(text, h)
         items.append((text, colour, w + h + pad, scale, stroke))
     rows, row, x = [], [], pad
     for it in items:
@@ -417,17 +418,11 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
     check_geometry(cfg.size, cfg.margin)
     if cfg.annotate is not None:  # before any work: a bad folder must not cost the predictions
         check_writable_dir(cfg.annotate, "--annotate")
-    try:
-        model_art = resolve_model(ws, cfg.model)
-    except FerError as exc:
-        if cfg.model is None:
-            raise FerError("no model: pass --model CKPT (a checkpoint or an export), or train one in this workspace "
-                           f"with `fer train` (no bundled model either: {bundled_status()})") from exc
-        raise
+    model_art = resolve_model(ws, cfg.model)  # its errors say which file was tried and what is wrong with it
     if on_model is not None:
         on_model(model_art)
     device = resolve_device(cfg.device)
-    clf = Classifier.load(model_art.path, device, cfg.threads)
+    clf = Classifier.load(model_art.path, device, cfg.threads, runtime=cfg.runtime)
     tta = cfg.tta if cfg.tta is not None else clf.tta
     name, why = (cfg.detector, None) if cfg.detector != "auto" else auto_detector(cfg.detector_weights)
     detector = None if cfg.no_detect else load_detector(name, cfg.detector_weights, device, cfg.detect_size)

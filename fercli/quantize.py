@@ -3,8 +3,9 @@ parity report against the float32 export.
 
 * ``int8``: static quantisation with ONNX Runtime's quantisation tools: QDQ format (QuantizeLinear /
   DequantizeLinear pairs that ONNX Runtime fuses into integer kernels when it loads the file),
-  per-channel int8 weights, int8 activations (ONNX Runtime's default S8S8), MinMax ranges from
-  calibration images. The calibration images are a seeded sample (``--calib-size``, default 500) of
+  per-channel int8 weights, uint8 activations (U8S8: on this project's AVX512-VNNI CPU ONNX Runtime
+  fused it into integer kernels fully and ran it 1.2-2x faster than its default S8S8, which left
+  float convolutions and Q/DQ pairs behind), MinMax ranges from calibration images. The calibration images are a seeded sample (``--calib-size``, default 500) of
   the *training* split of a manifest (``--calib``), never the split a model is scored on; or a
   ``.npy`` array of decoded faces (uint8, ``(N, S, S, 3)`` RGB at the model's input size, the layout
   of fercli's decoded cache).
@@ -25,6 +26,7 @@ calibrated probability (``softmax(logits / temperature)``) and of any logit. Bel
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -214,11 +216,14 @@ class _Reader:
 
 
 def quantize_bytes(fp32: bytes, mode: str, calib: np.ndarray | None = None, exclude: tuple[str, ...] = (),
-                   input_name: str = "input") -> tuple[bytes, dict[str, Any]]:
+                   input_name: str = "input", activations: str = "uint8", quant_format: str = "QDQ",
+                   per_channel: bool = True) -> tuple[bytes, dict[str, Any]]:
     """Quantise a float32 ONNX model (bytes) in ``mode``; returns the new model and what was done.
 
     Metadata is not copied here (the caller sets it). ``calib`` (normalised float32 images) is
-    required for ``int8``.
+    required for ``int8``. ``activations`` (uint8 or int8), ``quant_format`` (QDQ or QOperator) and
+    ``per_channel`` are fixed by `fer export`; benchmarks/quantize_report.py varies them to show
+    what was tried.
     """
     onnx = _require()
     if mode not in MODES:
@@ -252,10 +257,13 @@ def quantize_bytes(fp32: bytes, mode: str, calib: np.ndarray | None = None, excl
         if mode == "int8":
             if calib is None or len(calib) < MIN_CALIB:
                 raise FerError(f"--quantize int8 needs at least {MIN_CALIB} calibration images (--calib)")
-            quantize_static(str(pre), str(dst), _Reader(calib, input_name), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded or None)
-            info.update(format="QDQ", weights="int8, per channel", activations="int8, per tensor", ranges="MinMax")
+            quantize_static(str(pre), str(dst), _Reader(calib, input_name), quant_format=getattr(QuantFormat, quant_format),
+                            per_channel=per_channel,
+                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=excluded or None)
+            info.update(format=quant_format, weights="int8, " + ("per channel" if per_channel else "per tensor"),
+                        activations=f"{activations}, per tensor", ranges="MinMax")
         else:
             quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QInt8,
                              nodes_to_exclude=excluded or None)
@@ -336,8 +344,6 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
     out = Path(cfg.out) if cfg.out is not None else default_out(workspace, mode)
     if out.suffix.lower() != ".onnx":
         raise FerError(f"{out}: a quantised export is an ONNX file; name it *.onnx")
-    if out.resolve() == Path(art.path).resolve():
-        raise FerError(f"{out}: would overwrite the model being quantised; pass another --out")
     eager: dict[int, float] = {}
     if Path(art.path).suffix.lower() == ".onnx":
         meta = read_export_meta(art.path)
@@ -355,6 +361,8 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
         fp32 = onnx_with_meta(model, meta, cfg.opset)
         eager = check_onnx_parity(fp32, model, meta, cfg, str(art.path))
         inputs = {"student": workspace.input_ref(art)}
+    if out.resolve() == Path(art.path).resolve():
+        raise FerError(f"{out}: would overwrite the model being quantised; pass another --out")
     calib = _calibration(cfg, workspace, meta)
     qbytes, info = quantize_bytes(fp32, mode, None if calib is None else calib.x, tuple(cfg.quant_exclude))
     check = calib if calib is not None else random_inputs(meta, 64, cfg.seed)
@@ -387,6 +395,52 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
     return ExportResult(out, sidecar, "onnx", worst, eager, sidecar_meta), art
 
 
+def profile_ops(data: bytes | str | os.PathLike[str], input_size: int, batch: int = 1, runs: int = 200,
+                threads: int = 2, warmup: int = 20) -> dict[str, Any]:
+    """ONNX Runtime's per-node profile of a model, summed per operator type (microseconds per run).
+
+    The profiler's own overhead inflates every figure (compare models by their shares, and time
+    them with :func:`fercli.bench.time_interleaved`); ``ops`` is sorted by time. Operator types are
+    those of the graph ONNX Runtime actually runs (after its fusions: ``QLinearConv``,
+    ``ReorderInput``, ``FusedConv`` ...).
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="fer-prof-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        sess0 = ort.InferenceSession(data if isinstance(data, bytes) else str(data), so, providers=["CPUExecutionProvider"])
+        name = sess0.get_inputs()[0].name
+        x = np.random.default_rng(0).standard_normal((batch, 3, input_size, input_size)).astype(np.float32)
+        for _ in range(warmup):
+            sess0.run(None, {name: x})
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        sess = ort.InferenceSession(data if isinstance(data, bytes) else str(data), so, providers=["CPUExecutionProvider"])
+        for _ in range(warmup + runs):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, list[float]] = {}
+    run_us: list[float] = []
+    for e in events:
+        if e.get("cat") == "Session" and e.get("name") == "model_run":
+            run_us.append(float(e["dur"]))
+        elif e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            per_op.setdefault(op, [0.0, 0])
+            per_op[op][0] += float(e["dur"])
+            per_op[op][1] += 1
+    n = max(len(run_us), 1)
+    kernel = sum(v[0] for v in per_op.values()) / n
+    ops = sorted(({"op": k, "us_per_run": v[0] / n, "nodes": v[1] // n, "share": v[0] / n / kernel if kernel else 0.0}
+                  for k, v in per_op.items()), key=lambda r: -r["us_per_run"])
+    return {"batch": batch, "threads": threads, "runs": len(run_us), "run_us_median": float(np.median(run_us[warmup:] or run_us)),
+            "kernel_us_per_run": kernel, "nodes_per_run": sum(r["nodes"] for r in ops), "ops": ops}
+
+
 def describe_quantization(meta: dict[str, Any]) -> str:
     """One line for tables: what the file holds."""
     q = meta.get("quantization")
@@ -396,5 +450,5 @@ def describe_quantization(meta: dict[str, Any]) -> str:
 
 
 __all__ = ["Calibration", "DEFAULT_CALIB_SIZE", "DEFAULT_MIN_AGREEMENT", "MIN_CALIB", "MODES", "check_options",
-           "load_calibration", "parity", "quantize_bytes", "quantized_reason", "random_inputs", "resolve_exclude",
+           "load_calibration", "parity", "profile_ops", "quantize_bytes", "quantized_reason", "random_inputs", "resolve_exclude",
            "run_quantized_export"]

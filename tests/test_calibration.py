@@ -408,3 +408,17 @@ def test_fold_logit_adjustment_shifts_the_final_bias():
         name = fold_logit_adjustment(model, shift)
         assert name.endswith("bias")
         assert torch.allclose(model(x), before + torch.tensor(shift, dtype=torch.float32), atol=1e-5)
+
+
+def test_fit_temperature_with_views_fits_the_averaged_probabilities():
+    from fercli.calibration import fit_temperature
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 3000)
+    base = rng.normal(0, 1, (3000, 4)) + 2.0 * np.eye(4)[y]
+    a, b = 3 * (base + rng.normal(0, 0.3, base.shape)), 3 * (base + rng.normal(0, 0.3, base.shape))
+    single = fit_temperature(a, y)
+    both = fit_temperature(a, y, [b])
+    assert 1.0 < both < single < 5.0  # averaging two views is already less over-confident: a lower T
+    with pytest.raises(FerError, match="differ in shape"):
+        fit_temperature(a, y, [b[:, :3]])

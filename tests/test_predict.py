@@ -54,7 +54,8 @@ def test_group_photo_json_and_annotation(runner, workspace: Path, model: Path, w
         assert sum(f["probs"].values()) == pytest.approx(1.0, abs=1e-4)
         assert f["label"] == max(f["probs"], key=f["probs"].get) and len(f["box"]) == 4 and f["score"] > 0.8
     drawn = cv2.imread(str(workspace / "annotated" / "group_children_annotated.jpg"))
-    assert drawn is not None and drawn.shape[:2] == cv2.imread(str(photo)).shape[:2]
+    h, w = cv2.imread(str(photo)).shape[:2]
+    assert drawn is not None and drawn.shape[1] == w and drawn.shape[0] > h  # the legend strip is below the photo
 
 
 @pytest.mark.shared
@@ -140,9 +141,41 @@ def test_haar_detector_on_real_photos(shared_dir: Path):
     found = det.detect_faces([single, road])
     assert len(found[0]) == 1 and found[1] == []
     face = found[0][0]
-    assert face.landmarks is None and face.width > 100 and face.score == 1.0
+    assert face.landmarks is None and face.width > 100 and face.score is None  # haar has no score
     with pytest.raises(Exception, match="drop --detector-weights"):
         load_detector("haar", shared_dir / "x.pth")
+
+
+# RetinaFace MobileNet's boxes of the 8 children in group_children.jpg (README, `fer predict` example)
+CHILDREN = [(162, 137, 278, 278), (709, 176, 804, 303), (166, 336, 305, 505), (508, 122, 624, 269),
+            (836, 312, 955, 459), (322, 103, 421, 230), (573, 314, 704, 477), (364, 266, 497, 436)]
+
+
+def _iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_haar_boxes_each_face_once(runner, workspace: Path, shared_dir: Path):
+    """Haar fired twice on one child (IoU 0.49); now overlapping boxes are suppressed, and no score is reported."""
+    from fercli.align.detectors import load_detector
+    from fercli.inference import BUNDLED_MODEL
+
+    photo = shared_dir / "faces" / "group_children.jpg"
+    faces = load_detector("haar").detect_faces([cv2.imread(str(photo))])[0]
+    boxes = [f.box.tolist() for f in faces]
+    assert all(_iou(a, b) <= 0.3 for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    for child in CHILDREN:  # no child boxed twice
+        assert sum(_iou(child, b) > 0.3 for b in boxes) <= 1, child
+    assert sum(any(_iou(child, b) > 0.3 for b in boxes) for child in CHILDREN) >= 7
+    assert all(f.score is None for f in faces)
+    res = runner.invoke(app, ["predict", str(photo), "--model", str(BUNDLED_MODEL), "--detector", "haar", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [f["score"] for f in json.loads(res.stdout)[0]["faces"]] == [None] * len(faces)  # null, not 1.0
+    res = runner.invoke(app, ["predict", str(photo), "--model", str(BUNDLED_MODEL), "--detector", "haar", "--csv"])
+    assert set(pd.read_csv(pd.io.common.StringIO(res.stdout))["score"].astype(str)) == {"-"}
 
 
 def test_predict_offline_with_no_options(runner, workspace: Path, model: Path, shared_dir: Path, hub: Path,

@@ -54,7 +54,7 @@ from fercli.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-MODES = ("retinaface-resnet50", "retinaface-mobilenet", "landmarks", "none")
+MODES = ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar", "landmarks", "none")
 FACE_CHOICES = ("largest", "best", "all")
 # Every status a row can have, in the order summaries list them.
 from fercli.imagestatus import STATUSES  # noqa: E402  (one vocabulary with fer predict)
@@ -69,7 +69,8 @@ NO_FACE_INDEX = -1  # face_index of rows without a crop
 class AlignConfig:
     """Options of ``fer align`` (``[align]`` in fer.toml)."""
 
-    detector: Literal["retinaface-resnet50", "retinaface-mobilenet", "landmarks", "none"] = "retinaface-resnet50"
+    # auto: the best detector available offline, as `fer predict` chooses (fercli.align.detectors.auto_detector)
+    detector: Literal["auto", "retinaface-resnet50", "retinaface-mobilenet", "haar", "landmarks", "none"] = "auto"
     detector_weights: Path | None = None  # default: torch's hub cache (ResNet-50: downloaded there)
     faces: Literal["largest", "best", "all"] = "largest"
     min_score: float = 0.8
@@ -82,6 +83,10 @@ class AlignConfig:
     workers: int | None = None  # default: 0 for small jobs, else min(4, CPUs)
     overwrite: bool = False
     checkpoint_seconds: float = 60.0
+    # SRC a folder of class folders without train/valid/test folders: split once, stratified and seeded
+    # (fercli.importers.folder.assign_splits), or keep every image in train with no_split
+    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    no_split: bool = False
 
     def check(self) -> None:
         if self.detector not in MODES:
@@ -138,8 +143,11 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def load_source(src: str | os.PathLike[str], dst: Path | None = None) -> Source:
-    """Turn SRC (folder, folder holding a manifest.parquet, dataset root or manifest parquet) into a :class:`Source`."""
+def load_source(src: str | os.PathLike[str], dst: Path | None = None,
+                split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1), no_split: bool = False) -> Source:
+    """Turn SRC (folder, folder holding a manifest.parquet, dataset root or manifest parquet) into a
+    :class:`Source`. A folder of class folders without split folders is split as ``split_fractions``
+    says (train, valid, test), unless ``no_split``."""
     from fercli.importers import detect_format, load_dataset
 
     src = Path(src)
@@ -174,11 +182,13 @@ def load_source(src: str | os.PathLike[str], dst: Path | None = None) -> Source:
     fmt = detect_format(src)
     if fmt == "fer2013":
         raise FerError(f"{src}: holds fer2013.csv; run `fer data import fer2013 {src}` first, then `fer align` on the manifest it writes")
-    imp = load_dataset(ImportConfig(format=fmt or "folder", src=src))
+    imp = load_dataset(ImportConfig(format=fmt or "folder", src=src, split_fractions=tuple(split_fractions),
+                                    no_split=no_split))
     return Source(imp.df.reset_index(drop=True), imp.classes, imp.root, imp.dataset, src, imp.dataset, list(imp.notes))
 
 
-def resolve_source(src: str | os.PathLike[str] | None, dst: Path, workspace: Workspace) -> Source:
+def resolve_source(src: str | os.PathLike[str] | None, dst: Path, workspace: Workspace,
+                   split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1), no_split: bool = False) -> Source:
     """SRC as given, else the workspace's current dataset; never DST's own manifest."""
     own = (dst / MANIFEST_NAME).resolve()
     if src is None:
@@ -193,7 +203,7 @@ def resolve_source(src: str | os.PathLike[str] | None, dst: Path, workspace: Wor
             src = art.path
     if Path(src).resolve() == own:
         raise FerError(f"SRC {src} is DST's own manifest; pass the folder or manifest it was made from")
-    return load_source(src, dst)
+    return load_source(src, dst, split_fractions, no_split)
 
 
 # ---- output names ---------------------------------------------------------------------------
@@ -362,6 +372,8 @@ class _AlignDataset(torch.utils.data.Dataset):
                 item.crop = torch.from_numpy(resize_face(loaded.image, self.cfg.size))
             elif mode == "landmarks":
                 self._crop_from_manifest(item, loaded)
+            elif mode == det.HAAR:  # detected in the main process, on the working image
+                item.image = torch.from_numpy(loaded.image)
             else:
                 item.image = torch.from_numpy(loaded.image)
                 item.det_input, item.det_scale = det.RetinaFaceDetector.prepare_image(loaded.image, self.spec, self.cfg.detect_size)
@@ -411,6 +423,8 @@ class AlignResult:
     dst: Path
     source: Source
     notes: list[str] = field(default_factory=list)
+    detector: str | None = None  # the detector used (--detector auto resolved)
+    detector_note: str | None = None  # why --detector auto chose it
 
     @property
     def images_per_second(self) -> float:
@@ -431,6 +445,8 @@ class AlignResult:
             "images_per_second": round(self.images_per_second, 2),
             "complete": self.complete,
             "notes": self.notes,
+            "detector": self.detector,
+            "detector_note": self.detector_note,
         }
 
 
@@ -454,8 +470,13 @@ def select_faces(faces: list[det.Face], scale: float, mode: str, min_face_size: 
     return keep
 
 
-def _align_and_write(image: np.ndarray, landmarks: np.ndarray, size: int, margin: float, dest: Path) -> None:
-    write_image(dest, align_face(image, landmarks, size, margin))
+def _align_and_write(image: np.ndarray, landmarks: np.ndarray | None, size: int, margin: float, dest: Path,
+                     box: np.ndarray | None = None) -> None:
+    if landmarks is None:  # a box-only detector (haar): a square crop around the box, as fer predict does
+        x1, y1, x2, y2 = box
+        write_image(dest, box_crop(image, np.array([x1, y1, x2 - x1, y2 - y1]), size, margin))
+    else:
+        write_image(dest, align_face(image, landmarks, size, margin))
 
 
 def _face_row(path: str, face_index: int, score: float | None, box: np.ndarray | None, lms: np.ndarray | None,
@@ -474,7 +495,7 @@ class _Runner:
                  track: Track, command: str | None) -> None:
         self.cfg, self.source, self.dst, self.ws, self.track, self.command = cfg, source, dst, workspace, track, command
         self.multi = cfg.faces == "all"
-        self.detector: det.RetinaFaceDetector | None = None
+        self.detector: det.RetinaFaceDetector | det.HaarDetector | None = None
         self.entries: dict[str, dict[str, Any]] = {}
         self.journal = Journal(dst / JOURNAL_NAME)
         self.weights_ref: dict[str, str] | None = None
@@ -496,6 +517,8 @@ class _Runner:
             wpath = self.detector.weights
             weights_sha = self.ws.sha256(wpath) if self.ws is not None else _sha256(wpath)
             self.weights_ref = {"path": str(wpath), "sha256": weights_sha}
+        elif cfg.detector == det.HAAR:
+            self.detector = det.load_detector(det.HAAR, cfg.detector_weights)
         elif cfg.detector == "landmarks":
             cols = set(src.df.columns)
             if not (set(LANDMARK_COLUMNS) <= cols or set(BOX_COLUMNS) <= cols):
@@ -569,7 +592,8 @@ class _Runner:
         notes = list(item.notes)
         base = crop_name(item.src, 0, self.multi)
         if not faces:
-            return [_face_row(base, NO_FACE_INDEX, None, None, None, "no_face", "; ".join(notes + [f"no face with score > {cfg.min_score:g}"]))], []
+            why = "no face found by haar" if cfg.detector == det.HAAR else f"no face with score > {cfg.min_score:g}"
+            return [_face_row(base, NO_FACE_INDEX, None, None, None, "no_face", "; ".join(notes + [why]))], []
         orig = [f.scaled(1.0 / item.scale) for f in faces]  # in the original photo's pixels
         keep = select_faces(faces, item.scale, cfg.faces, cfg.min_face_size)
         if not keep:
@@ -579,7 +603,8 @@ class _Runner:
         rows, jobs = [], []
         for k, i in enumerate(keep):
             name = crop_name(item.src, k, self.multi)
-            jobs.append(partial(_align_and_write, image, faces[i].landmarks, cfg.size, cfg.margin, self.dst / name))
+            jobs.append(partial(_align_and_write, image, faces[i].landmarks, cfg.size, cfg.margin, self.dst / name,
+                                faces[i].box))
             rows.append(_face_row(name, k, orig[i].score, orig[i].box, orig[i].landmarks, "ok", "; ".join(notes) or None))
         return rows, jobs
 
@@ -615,6 +640,10 @@ class _Runner:
             self.entries[entry["src"]] = entry
 
     def _detect(self, items: list[_Item]) -> dict[int, list[det.Face]]:
+        if isinstance(self.detector, det.HaarDetector):
+            todo = [it for it in items if it.problem is None and it.image is not None]
+            found = self.detector.detect_faces([it.image.numpy() for it in todo]) if todo else []
+            return {it.index: f for it, f in zip(todo, found)}
         todo = [it for it in items if it.problem is None and it.det_input is not None]
         if not todo or self.detector is None:
             return {}
@@ -637,9 +666,9 @@ class _Runner:
                 landmarks = src.df[list(LANDMARK_COLUMNS)].to_numpy(dtype=np.float64)[pending]
             if set(BOX_COLUMNS) <= set(cols):
                 boxes = src.df[list(BOX_COLUMNS)].to_numpy(dtype=np.float64)[pending]
-        dataset = _AlignDataset(srcs, src.root, cfg, self.detector.spec if self.detector else None, landmarks, boxes)
+        dataset = _AlignDataset(srcs, src.root, cfg, getattr(self.detector, "spec", None), landmarks, boxes)
         ncpu = os.cpu_count() or 1
-        on_cpu = self.detector is not None and self.detector.device.type == "cpu"
+        on_cpu = self.detector is not None and getattr(getattr(self.detector, "device", None), "type", "cpu") == "cpu"
         # On CPU, big batches of a small network are memory-bound: 4 is as fast per image as it gets.
         batch_size = cfg.batch_size or (4 if on_cpu else 16)
         workers = cfg.workers
@@ -797,11 +826,15 @@ def run_align(
     if isinstance(src, Source):
         source = src
     elif ws is not None:
-        source = resolve_source(src, dst, ws)
+        source = resolve_source(src, dst, ws, cfg.split_fractions, cfg.no_split)
     elif src is None:
         raise FerError("no SRC given and no workspace to take the current dataset from")
     else:
-        source = load_source(src, dst)
+        source = load_source(src, dst, cfg.split_fractions, cfg.no_split)
+    detector_note = None
+    if cfg.detector == "auto":  # the best detector available offline, as fer predict chooses it
+        name, detector_note = det.auto_detector(cfg.detector_weights)
+        cfg = dataclasses.replace(cfg, detector=name)
     runner = _Runner(cfg, source, dst, ws, track, command)
     t0 = time.perf_counter()
     pending = runner.setup()
@@ -821,4 +854,5 @@ def run_align(
         manifest_path=manifest_path, counts=counts, images=int(df["src_path"].nunique()) if not df.empty else 0,
         faces=faces, processed=processed, skipped=skipped, seconds=seconds, complete=True, dst=dst,
         source=source, notes=source.notes,
+        detector=cfg.detector if cfg.detector not in ("landmarks", "none") else None, detector_note=detector_note,
     )

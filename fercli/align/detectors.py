@@ -177,16 +177,41 @@ def haar_nms(boxes: np.ndarray, support: np.ndarray) -> list[int]:
 def auto_detector(weights: str | os.PathLike[str] | None = None) -> tuple[str, str]:
     """``--detector auto``: (detector name, why) without downloading anything.
 
-    Explicit ``weights`` mean RetinaFace ResNet-50 (the default detector); otherwise the first
-    RetinaFace whose weights are already in torch's hub cache; otherwise the Haar cascade.
+    Explicit ``weights`` mean the RetinaFace variant they are for (by file name, else by their
+    parameter names; ResNet-50 when neither tells); otherwise the first RetinaFace whose weights are
+    already in torch's hub cache (ResNet-50, then MobileNet); otherwise the Haar cascade.
     """
     if weights is not None:
-        return "retinaface-resnet50", "--detector-weights given"
+        return weights_variant(weights), "--detector-weights given"
     for name, spec in DETECTORS.items():
         if hub_weights_path(spec).is_file():
             return name, f"its weights are in torch's hub cache ({hub_weights_path(spec)})"
     return HAAR, ("no RetinaFace weights in torch's hub cache; pass --detector retinaface-resnet50 to download "
                   "them (better on tilted and small faces)")
+
+
+def weights_variant(weights: str | os.PathLike[str]) -> str:
+    """The RetinaFace variant a weights file is for: by its published file name, else by its
+    parameter names (MobileNet's body has ``stage1``, ResNet-50's ``layer1``); ResNet-50 if unknown."""
+    path = Path(weights).expanduser()
+    for name, spec in DETECTORS.items():
+        if path.name == spec.weights_file:
+            return name
+    try:
+        keys = list(read_state_dict(path))
+    except Exception:  # unreadable: loading it will say why
+        return "retinaface-resnet50"
+    if any(k.startswith("body.stage1") for k in keys):
+        return "retinaface-mobilenet"
+    return "retinaface-resnet50"
+
+
+def alternatives(name: str) -> str:
+    """What to use instead of detector ``name`` when its weights are missing (for error messages)."""
+    alts = [] if name == "retinaface-mobilenet" else [
+        "--detector retinaface-mobilenet --detector-weights mobilenet0.25_Final.pth"]
+    alts.append("--detector haar (OpenCV's cascade, offline, boxes only)")
+    return "; or use " + ", or ".join(alts)
 
 
 # ---- weights --------------------------------------------------------------------------------
@@ -207,14 +232,15 @@ def resolve_weights(spec: DetectorSpec, explicit: str | os.PathLike[str] | None 
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise FerError(f"{path}: detector weights not found (--detector-weights); check the path")
+            raise FerError(f"{path}: detector weights not found (--detector-weights); check the path{alternatives(spec.name)}")
         return path
     path = hub_weights_path(spec)
     if path.is_file():
         return path
     where = f"put {spec.weights_file} at {path} (torch's hub cache) or pass --detector-weights PATH"
     if spec.url is None:
-        raise FerError(f"{spec.name} weights not found: {path} is missing; get {spec.weights_file} from {spec.source} and {where}")
+        raise FerError(f"{spec.name} weights not found: {path} is missing; get {spec.weights_file} from {spec.source} "
+                       f"and {where}{alternatives(spec.name)}")
     log.warning("downloading %s weights from %s to %s", spec.name, spec.url, path)
     try:
         _download(spec.url, path)
@@ -222,7 +248,7 @@ def resolve_weights(spec: DetectorSpec, explicit: str | os.PathLike[str] | None 
         reason = " ".join(str(getattr(exc, "reason", exc)).split()) or type(exc).__name__
         raise FerError(
             f"{spec.name} weights not found: {path} is missing and downloading {spec.url} failed ({reason}); "
-            f"download it on a machine with internet access and {where}"
+            f"download it on a machine with internet access and {where}{alternatives(spec.name)}"
         ) from None
     return path
 
@@ -467,7 +493,7 @@ def load_detector(
             raise FerError("--detector haar uses OpenCV's built-in cascade; drop --detector-weights")
         return HaarDetector()
     if name not in DETECTORS:
-        raise FerError(f"unknown detector {name!r}; choose one of {', '.join([*DETECTORS, HAAR])}")
+        raise FerError(f"unknown detector {name!r}; choose one of {', '.join(['auto', *DETECTORS, HAAR])}")
     if not 64 <= int(detect_size) <= 4096:
         raise FerError(f"--detect-size must be in 64..4096, got {detect_size}")
     spec = DETECTORS[name]

@@ -56,7 +56,8 @@ def align(
     dst: Optional[Path] = typer.Argument(None, help="Output folder for crops and manifest.parquet \\[default: WORKSPACE/aligned]."),
     detector: Optional[str] = typer.Option(
         None, "--detector", "-d", help=f"{', '.join(DETECTOR_CHOICES)}: landmarks uses the manifest's own five points (or box); "
-        "none only resizes already aligned crops \\[default: retinaface-resnet50]."),
+        "none only resizes already aligned crops; haar is OpenCV's cascade (boxes only) \\[default: auto: a RetinaFace whose "
+        "weights are cached or given (ResNet-50, else MobileNet), else haar; never downloads]."),
     detector_weights: Optional[Path] = typer.Option(
         None, "--detector-weights", help="RetinaFace weights (.pth, or retinaface-pytorch's .zip) \\[default: torch's hub cache; "
         "ResNet-50 weights are downloaded there]."),
@@ -105,6 +106,10 @@ def align(
         _ui.print_json(summary)
     else:
         _ui.say(ctx, f"[dim]source ({result.source.kind}):[/] {result.source.path} -> {ws.rel(result.dst)}")
+        if result.detector:
+            _ui.say(ctx, f"[dim]detector:[/] {result.detector}" + (f" (auto: {result.detector_note})" if result.detector_note else ""))
+        for note in result.notes:
+            _ui.say(ctx, note)
         table = Table(title=f"fer align: {result.images:,} images, {result.faces:,} aligned faces")
         table.add_column("status")
         table.add_column("rows", justify="right")

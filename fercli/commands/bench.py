@@ -26,6 +26,10 @@ EXAMPLE = """Examples:
   fer bench shufflenet_v2 lfer --batch 1 --backend eager,onnxruntime --reps 200
 
   fer bench student/best.pt resnet50 --size 112 --size 224 --json
+
+  fer bench student/best.pt --backend onnxruntime,onnxruntime-fp16,onnxruntime-int8-dynamic,onnxruntime-int8
+
+  fer bench export/model.onnx export/model_int8.onnx export/model_fp16.onnx   # exported files as they are
 """
 
 
@@ -43,10 +47,10 @@ def _f(value: Optional[float], digits: int = 2) -> str:
 def bench(
     ctx: typer.Context,
     models: Optional[list[str]] = typer.Argument(
-        None, help=f"Registered models ({', '.join(MODEL_NAMES)}) or checkpoint files \\[default: shufflenet_v2 lfer_head lfer]."),
+        None, help=f"Registered models ({', '.join(MODEL_NAMES)}), checkpoint files or exported .onnx files (any --quantize variant) \\[default: shufflenet_v2 lfer_head lfer]."),
     size: Optional[list[str]] = typer.Option(None, "--size", "-s", help="Input size(s), multiples of 16 \\[default: 224, or a checkpoint's own]."),
     batch: Optional[list[str]] = typer.Option(None, "--batch", "-b", help="Batch size(s) to time \\[default: 1 and 32]."),
-    backend: Optional[list[str]] = typer.Option(None, "--backend", help="eager, torchscript, onnxruntime (comma-separated) \\[default: all]."),
+    backend: Optional[list[str]] = typer.Option(None, "--backend", help="eager, torchscript, onnxruntime, onnxruntime-fp16, onnxruntime-int8-dynamic, onnxruntime-int8 (the model quantised as fer export --quantize does it), openvino (if installed) (comma-separated) \\[default: eager, torchscript, onnxruntime]."),
     device: Optional[list[str]] = typer.Option(None, "--device", help="cpu and/or cuda \\[default: cpu, plus cuda when present]."),
     classes: Optional[int] = typer.Option(None, "--classes", help="Outputs of registry models \\[default: 7]."),
     reps: Optional[int] = typer.Option(None, "--reps", help="Timed passes per model and backend, at most \\[default: 100]."),
@@ -99,6 +103,10 @@ def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table
     return t
 
 
+def _x(value: Optional[float]) -> str:
+    return "-" if value is None else _f(value) + "x"
+
+
 def _render(rep: dict[str, Any]) -> None:
     cost = _table("cost at batch 1", ("model", "size", "params M", "MACs M", "FLOPs M", "flop_counter"), ("model",))
     for r in rep["cost"]:
@@ -111,16 +119,21 @@ def _render(rep: dict[str, Any]) -> None:
         env = rep["environment"]
         devices = sorted({r["device"] for r in rep["latency"]})
         lat = _table(f"latency in ms: {rep['threads']} threads, {', '.join(devices)}; torch {env['torch']}, "
-                     f"onnxruntime {env['onnxruntime']}",
-                     ("model", "backend", "size", "batch", "median", "p90", "img/s", "reps", "vs 1st", "vs eager"),
+                     f"onnxruntime {env['onnxruntime']}" + (f", openvino {env['openvino']}" if env.get('openvino') else ""),
+                     ("model", "backend", "MB", "size", "batch", "median", "p90", "img/s", "reps", "vs 1st", "vs eager",
+                      "vs ort"),
                      ("model", "backend"))
         for r in rep["latency"]:
             backend = r["backend"] if r["device"] == "cpu" else f"{r['backend']}/{r['device']}"
-            lat.add_row(r["model"], backend, str(r["input_size"]), str(r["batch"]), _f(r["median_ms"]), _f(r["p90_ms"]),
-                        _f(r["images_per_s"], 0), str(r["reps"]), _f(r["vs_first"]) + "x", _f(r["eager_speedup"]) + "x")
+            mb = "-" if r.get("bytes") is None else f"{r['bytes'] / 1e6:.2f}"
+            lat.add_row(r["model"], backend, mb, str(r["input_size"]), str(r["batch"]), _f(r["median_ms"]), _f(r["p90_ms"]),
+                        _f(r["images_per_s"], 0), str(r["reps"]), _x(r["vs_first"]), _x(r["eager_speedup"]),
+                        _x(r.get("ort_speedup")))
         _ui.out.print(lat)
-        _ui.out.print("All models and backends of one batch size were timed interleaved. vs 1st: median / the first "
-                      "model's on the same backend; vs eager: the eager median / this one.", highlight=False)
+        _ui.out.print("All models and backends of one batch size were timed interleaved. MB: the ONNX file (float32 "
+                      "weights for eager and torchscript); vs 1st: median / the first model's on the same backend; "
+                      "vs eager: the eager median / this one; vs ort: the float32 ONNX Runtime median / this one.",
+                      highlight=False)
     for s in rep["skipped"]:
         _ui.out.print(f"[yellow]skipped {s}[/]")
 

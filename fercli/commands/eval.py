@@ -40,6 +40,7 @@ def eval_(
     cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Use the decoded image cache."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="An exported .onnx model runs on onnxruntime or openvino (pip install openvino; CPU) \\[default: onnxruntime]."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[eval] table."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     robustness: Optional[bool] = typer.Option(None, "--robustness", help="Also score under a fixed, seeded set of corruptions "
@@ -55,7 +56,7 @@ def eval_(
     ws = _ui.state(ctx).workspace
     cfg = build_config(EvalConfig, "eval", dict(
         model=model, manifest=manifest, split=split, tta=tta, map=map_, out=out, batch_size=batch_size,
-        workers=workers, cache=cache, device=device, threads=threads, robustness=robustness,
+        workers=workers, cache=cache, device=device, threads=threads, runtime=runtime, robustness=robustness,
         corruptions=corruptions), ws, config)
     res = evaluate(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
     rep = res.report

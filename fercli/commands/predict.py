@@ -46,6 +46,7 @@ def predict(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector pass."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="An exported .onnx model runs on onnxruntime or openvino (pip install openvino; CPU) \\[default: onnxruntime]."),
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes and labels into this folder."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[predict] table."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per input picture."),
@@ -60,7 +61,7 @@ def predict(
         inputs=tuple(inputs), model=model, detector=detector, detector_weights=detector_weights, faces=faces,
         min_score=min_score, min_face_size=min_face_size, size=size, margin=margin, detect_size=detect_size,
         no_detect=no_detect, every=every, tta=tta, batch_size=batch_size, device=device, threads=threads,
-        annotate=annotate), ws, config)
+        runtime=runtime, annotate=annotate), ws, config)
     res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
     if res.detector is not None:
         _ui.say(ctx, f"[dim]detector:[/] {res.detector}" + (f" (auto: {res.detector_note})" if res.detector_note else ""))

@@ -107,6 +107,10 @@ def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Option
     first = build_config(cls, section, overrides, ws, config, validate=False)
     base = RECIPES.get(first.recipe, {}) if first.recipe is not None else None
     cfg = build_config(cls, section, overrides, ws, config, base=base)
+    done = _finished_run(cfg, ws, kind)
+    if done is not None:  # the same command again: nothing to train
+        _report_finished(ctx, ws, kind, done, json_out)
+        return
     progress = _ui.RichTrainProgress()
     try:
         result = fit(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,
@@ -136,6 +140,71 @@ def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Option
     elif result.best_row:
         _ui.out.print(f"best valid accuracy {result.best_row['val_acc']:.4f} at epoch {result.best_row['epoch']} (* above); "
                       f"wrote {ws.rel(result.best)}, metrics.csv and curves.png; it is now the workspace's {kind}")
+
+
+# Settings that do not change what a run learns (or name its inputs, which are compared by sha256).
+_NOT_SETTINGS = frozenset({"manifest", "labels", "out", "workers", "cache", "device", "threads", "checkpoint_every",
+                           "max_steps", "resume", "overwrite", "amp", "channels_last"})
+
+
+def _finished_run(cfg: Any, ws: Any, kind: str) -> dict[str, Any] | None:
+    """The run directory's state when it holds a *finished* run of exactly these settings on exactly
+    these inputs (so `fer train` typed again has nothing to do), else None (fit() then resumes,
+    overwrites or refuses as asked)."""
+    from fercli.config import config_dict
+    from fercli.errors import FerError
+    from fercli.schema import read_artifact_meta
+
+    out_dir = Path(cfg.out) if cfg.out is not None else ws.default_path(kind).parent
+    best, last = out_dir / "best.pt", out_dir / "last.pt"
+    if cfg.resume or cfg.overwrite or not (best.is_file() and last.is_file()):
+        return None
+    try:
+        meta, best_meta = read_artifact_meta(last), read_artifact_meta(best)
+    except FerError:
+        return None  # fit() says what is wrong with it
+    state = meta.get("train_state") or {}
+    history = state.get("history") or []
+    if len(history) < cfg.epochs or state.get("step", 0) != 0:
+        return None  # stopped early: --resume continues it
+    saved = meta.get("config") or {}
+    for key, value in config_dict(cfg).items():
+        if key in _NOT_SETTINGS or (key == "targets" and value == "auto"):
+            continue
+        if saved.get(key) != value:
+            return None
+    if cfg.calibrate and "calibration" not in (best_meta.get("metrics") or {}):
+        return None  # calibration did not run
+    # The same inputs (by content), resolved as fit() would resolve them.
+    roles: dict[str, Any] = {"dataset": cfg.manifest}
+    if kind == "student" and cfg.targets in ("auto", "teacher", "mix") and (
+            cfg.labels is not None or ws.current_path("labels") is not None):
+        roles["labels"] = cfg.labels
+    recorded = (meta.get("provenance") or {}).get("inputs") or {}
+    if set(roles) != {r for r in recorded if r in ("dataset", "labels")}:
+        return None
+    for role, explicit in roles.items():
+        path = Path(explicit) if explicit is not None else ws.current_path(role)
+        if path is None or not path.is_file():
+            return None
+        if (recorded[role] or {}).get("sha256") not in (ws.sha256(path), ws.file_sha256(path)):
+            return None
+    best_row = (best_meta.get("metrics") or {}).get("best") or {}
+    return {"out": str(out_dir), "best": str(best), "targets": saved.get("targets"), "epochs_run": len(history),
+            "best_epoch": best_row.get("epoch"), "best_val_acc": best_row.get("val_acc"), "stopped_at_step": None,
+            "notes": [], "history": history, "up_to_date": True}
+
+
+def _report_finished(ctx: typer.Context, ws: Any, kind: str, summary: dict[str, Any], json_out: bool) -> None:
+    best = Path(summary["best"])
+    ws.record(kind, best)
+    message = (f"{ws.rel(best)} is up to date: a finished {summary['epochs_run']}-epoch run with these settings on these "
+               f"inputs; nothing to train (--overwrite trains again); it is the workspace's {kind}")
+    summary["notes"] = [message]
+    if json_out:
+        _ui.print_json(summary)
+    else:
+        _ui.out.print(message)
 
 
 def _command(kind: str, doc: str):

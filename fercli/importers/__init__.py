@@ -56,7 +56,9 @@ def load_dataset(cfg: ImportConfig, track: Track = no_track) -> Imported:
     if fmt == "auto":
         fmt = detect_format(cfg.src) or ""
     if fmt not in IMPORTERS:
-        raise FerError(f"unknown dataset format {cfg.format!r}; choose one of {', '.join(FORMATS)}")
+        raise FerError(f"unknown dataset format {cfg.format!r}; choose one of {', '.join(FORMATS)}, or auto "
+                       "(detect the layout)" if cfg.format != "auto" else
+                       f"{cfg.src}: auto found no known dataset layout; name the format: {', '.join(FORMATS)}")
     if cfg.classes not in (None, 7, 8):
         raise FerError(f"--classes must be 7 or 8, got {cfg.classes}")
     renames = parse_split_renames(cfg.rename_splits)

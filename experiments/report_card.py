@@ -1,0 +1,367 @@
+"""docs/MODEL_CARD.md for the recipe study's bundled model (issue 13), called by report.py.
+
+Once experiments/results/recipe/bundled.json exists, the card describes the new model: the first time
+it is seeded from experiments/model_card_v2.md (hand-written prose around ``v2-*`` blocks, ending with
+a short note on the previous model); after that only its blocks are regenerated, like RESULTS.md.
+Without bundled.json, report.py keeps the previous model's card as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import _common as c
+from report import pct, replace_block
+from report_recipe import (
+    classes_text,
+    clean_command,
+    lowest_recall,
+    points,
+    save_png,
+    subplots,
+)
+
+TEMPLATE = c.EXPERIMENTS / "model_card_v2.md"
+ARCH_TEXT = {
+    "lfer": ("`lfer`: ShuffleNetV2 1.0x with Conv1 width 29, PDWRes and the Mish depthwise-separable output module "
+             "(the paper's student)"),
+    "shufflenet_v2": "`shufflenet_v2`: ShuffleNetV2 1.0x",
+}
+TARGETS = (  # issue 13: label, threshold, ">=" or "<=", unit, how to read it from bundled.json (None: not measured)
+    ("accuracy, 8 classes", 0.85, ">=", "%", lambda b: b["ferplus_valid_8"]["accuracy"]),
+    ("mean per-class accuracy, 8 classes", 0.65, ">=", "%", lambda b: b["ferplus_valid_8"]["mean_class_accuracy"]),
+    ("lowest per-class recall, 8 classes", 0.25, ">=", "%", lambda b: lowest_recall(b["ferplus_valid_8"])[0]),
+    ("ECE after temperature (15 bins)", 0.03, "<=", "", lambda b: b["ferplus_valid_8"].get("ece")),
+    ("mean accuracy over the robustness suite", 0.75, ">=", "%",
+     lambda b: ((b.get("robustness") or {}).get("new") or {}).get("summary", {}).get("mean_accuracy")),
+    ("file size", 3e6, "<=", "MB", lambda b: b["bytes"]),
+)
+
+
+def targets(b: dict) -> list[dict[str, Any]]:
+    """Issue 13's targets against ``b`` (bundled.json): met True/False, or None where not measured."""
+    out = []
+    for label, threshold, op, unit, read in TARGETS:
+        try:
+            value = read(b)
+        except (KeyError, TypeError, ValueError):
+            value = None
+        met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+        out.append({"target": label, "threshold": threshold, "op": op, "unit": unit, "value": value, "met": met})
+    return out
+
+
+def _fmt(value: float, unit: str) -> str:
+    return {"%": f"{100 * value:.2f}%", "MB": f"{value / 1e6:.2f} MB", "": f"{value:.3f}"}[unit]
+
+
+def _fmt_threshold(t: dict) -> str:
+    op = "≥" if t["op"] == ">=" else "≤"
+    v = t["threshold"]
+    return f"{op} " + {"%": f"{100 * v:g}%", "MB": f"{v / 1e6:g} MB", "": f"{v:g}"}[t["unit"]]
+
+
+def targets_block(b: dict) -> str:
+    rows = targets(b)
+    lines = ["| target (issue 13) | wanted | measured | |", "|---|---:|---:|---|"]
+    for t in rows:
+        status = {True: "**met**", False: "not met", None: "not measured"}[t["met"]]
+        value = "—" if t["value"] is None else _fmt(t["value"], t["unit"])
+        lines.append(f"| {t['target']} | {_fmt_threshold(t)} | {value} | {status} |")
+    n_met = sum(t["met"] is True for t in rows)
+    measured = sum(t["met"] is not None for t in rows)
+    lines += ["", f"{n_met} of {len(rows)} targets met" + (f" ({len(rows) - measured} not measured)." if measured < len(rows)
+                                                              else ".")
+              + " Accuracy and recall on FERPlus valid (3,191 images), which played no part in training or in "
+                "choosing the run, the operating point or the temperature; MB = 10⁶ bytes."]
+    return "\n".join(lines)
+
+
+def _recipe_text(r: dict) -> str:
+    parts = [f"{r['epochs']} epochs" if r.get("epochs") else None,
+             f"batch {r['batch_size']}" if r.get("batch_size") else None,
+             f"{r['input_size']}×{r['input_size']} inputs" if r.get("input_size") else None]
+    if r.get("lr") is not None:
+        lr = f"SGD lr {r['lr']:g}" + (" Nesterov" if r.get("nesterov") else "")
+        if r.get("sched") == "cosine":
+            lr += ", cosine" + (f" after a {r['warmup_epochs']:g}-epoch warm-up" if r.get("warmup_epochs") else "")
+        parts.append(lr)
+    parts += [f"weight decay {r['weight_decay']:g}" if r.get("weight_decay") is not None else None,
+              f"augmentation `{r['augment']}`" if r.get("augment") else None,
+              f"EMA {r['ema']:g}" if r.get("ema") else None,
+              f"{r.get('loss', 'combo')} loss β {r['beta']:g}" if r.get("beta") is not None else None,
+              f"seed {r['seed']}" if r.get("seed") is not None else None]
+    return ", ".join(p for p in parts if p)
+
+
+def _targets_of(r: dict) -> str:
+    t = r.get("targets")
+    if t == "mix":
+        w = r.get("target_mix", 0.5)
+        return (f"combo loss (eq. 6) on the majority label + KL (eq. 5) to {w:g} × the FERPlus crowd votes + "
+                f"{1 - w:g} × a ResNet-18 teacher's distributions")
+    return {"votes": "combo loss (eq. 6) on the majority label + KL (eq. 5) to the FERPlus crowd-vote distributions",
+            "teacher": "combo loss (eq. 6) on the majority label + KL (eq. 5) to a ResNet-18 teacher's distributions",
+            "none": "combo loss (eq. 6) on the majority label"}.get(t, str(t))
+
+
+def intro_block(b: dict) -> str:
+    from fercli.inference import BUNDLED_MODEL
+
+    name = Path(b["file"]).name
+    text = f"`{b['file']}` ({b['bytes'] / 1e6:.2f} MB) ships inside the package. "
+    if BUNDLED_MODEL.name == name:
+        return text + ("`fer predict` and `fer eval` use it when no `--model` is given and the workspace has no "
+                       "student of its own, and say so (`using student (bundled): ...`).")
+    return text + (f"It is not the package's default yet (`fercli.inference.BUNDLED_MODEL` is still "
+                   f"`{BUNDLED_MODEL.name}`): pass `--model {b['file']}`, or set `FER_BUNDLED_MODEL` to it.")
+
+
+def what_block(b: dict) -> str:
+    r = b.get("recipe") or {}
+    e8 = b["ferplus_valid_8"]
+    size = r.get("input_size", 64)
+    return "\n".join([
+        "| | |", "|---|---|",
+        f"| architecture | {ARCH_TEXT.get(r.get('arch'), r.get('arch'))} |",
+        f"| classes ({len(e8['classes'])}, in output order) | {', '.join(e8['classes'])} |",
+        (f"| input | a cropped face, resized to {size}×{size} RGB (grayscale is replicated), scaled to [0, 1], "
+         "normalised with the ImageNet mean/std; the checkpoint stores all of this and `fer` applies it |"),
+        (f"| file | a fercli checkpoint, float16 weights (computed in float32 when loaded), {b['bytes'] / 1e6:.2f} MB, "
+         f"sha256 `{b['sha256']}`; it also stores the temperature, the TTA default and the logit adjustment "
+         "(folded into the classifier's bias); loads with `torch.load(..., weights_only=True)` |"),
+        ("| training data | FERPlus train (FER2013 images, FERPlus crowd labels): majority-vote labels, minus a "
+         "stratified 10% holdout used to pick the epoch, the operating point and the temperature |"),
+        f"| training targets | {_targets_of(r)} |",
+        f"| optimisation | `experiments/protocol_recipe.toml`: {_recipe_text(r)}; from scratch |",
+        f"| trained on | {b.get('hardware') or 'not recorded'} |"])
+
+
+def made_block(b: dict) -> str:
+    return "\n".join([
+        (f"**Source run.** `{b['source_run']}`, {b.get('epochs', '?')} epochs, the checkpoint from epoch "
+         f"{b.get('best_epoch', '?')} (the best on its holdout). Command, in the study's workspace (`runs/ferplus`): "
+         f"`{clean_command(b.get('source_command'))}`."), "",
+        f"**Recipe.** {_recipe_text(b.get('recipe') or {})}."])
+
+
+def choice_block(b: dict) -> str:
+    h = b["holdout"]
+    cands = sorted(b.get("candidates_holdout", {}).items(), key=lambda kv: -kv[1])
+    chosen = b["source_run"].rsplit("/", 1)[-1]
+    lines = [(f"Everything here is decided on the source run's own holdout ({h['images']:,} images of FERPlus "
+              "train); FERPlus valid played no part."), "",
+             ("**Which run.** The best holdout accuracy among the study's finished `lfer` runs:"
+              if not cands or cands[0][0] == chosen else
+              f"**Which run.** `{chosen}`, named with `bundle_recipe.py --run` (the best holdout accuracy among the "
+              f"study's finished `lfer` runs is `{cands[0][0]}`'s):"), "",
+             "| run | holdout accuracy (%) |", "|---|---:|"]
+    lines += [f"| `{k}`{' (chosen)' if k == chosen else ''} | {pct(v)} |" for k, v in cands]
+    tta = h["tta"]
+    lines += ["", (f"**Flip TTA.** Holdout accuracy {pct(h['accuracy'])}% plain, {pct(h['accuracy_flip_tta'])}% "
+                   f"averaging the mirrored face: {'on' if tta == 'flip' else 'off'} (`tta = {tta}` in the file; "
+                   "flip only when it raises holdout accuracy)."), "",
+              ("**Logit adjustment** (Menon et al. 2021): logits − τ·log(train class frequencies), trading accuracy on "
+               "frequent classes for recall on rare ones. On the holdout" + (" (with flip TTA)" if tta == "flip" else "")
+               + ":"), "",
+              "| τ | accuracy (%) | vs τ = 0 (points) | mean per-class (%) | lowest per-class recall (%) | |",
+              "|---:|---:|---:|---:|---:|---|"]
+    curve = h["tau_curve"]
+    base = next((p["accuracy"] for p in curve if p["tau"] == 0), curve[0]["accuracy"])
+    for p in curve:
+        lines.append(f"| {p['tau']:g} | {pct(p['accuracy'])} | {points(p['accuracy'] - base)} | "
+                     f"{pct(p['mean_class_accuracy'])} | {pct(p['min_recall'])} | "
+                     f"{'**chosen**' if p['tau'] == h['tau'] else ''} |")
+    lines += ["", (f"Chosen: τ = {h['tau']:g}, by the rule: {h['rule']}. It is folded into the classifier's bias, so "
+                   "`fer eval`, `fer predict` and every export apply it."), "",
+              (f"**Temperature.** T = {h['temperature']:.3f}, fitted on the holdout after the adjustment"
+               + (" (on the flip-averaged probabilities that inference computes)" if tta == "flip" else "")
+               + " and stored in the file (it changes confidences, never the predicted class).")]
+    src = b.get("source_ferplus_valid_8")
+    if isinstance(src, dict):
+        e8 = b["ferplus_valid_8"]
+        lines += ["", (f"On FERPlus valid, for the record: the float32 source checkpoint without the adjustment "
+                       f"(TTA {src.get('tta', tta)}) scores {pct(src['accuracy'])}% (mean per-class "
+                       f"{pct(src['mean_class_accuracy'])}%); the bundled file {pct(e8['accuracy'])}% "
+                       f"({pct(e8['mean_class_accuracy'])}%).")]
+    return "\n".join(lines)
+
+
+def valid_block(b: dict, img: Path) -> str:
+    e8, e7 = b["ferplus_valid_8"], b["ferplus_valid_7"]
+    lines = ["| FERPlus valid | images | accuracy (%) | mean per-class (%) | macro-F1 (%) | lowest per-class recall (%) |",
+             "|---|---:|---:|---:|---:|---|"]
+    for label, e in (("8 classes", e8), ("7 classes (contempt images left out)", e7)):
+        low, cls = lowest_recall(e)
+        lines.append(f"| {label} | {e['images']:,} | **{pct(e['accuracy'])}** | {pct(e['mean_class_accuracy'])} | "
+                     f"{pct(e['macro_f1'])} | {pct(low)} ({classes_text(cls)}) |")
+    lines += ["", "Per class (8 classes):", "", "| class | images | precision (%) | recall (%) | F1 (%) |",
+              "|---|---:|---:|---:|---:|"]
+    for name in e8["classes"]:
+        p = e8["per_class"][name]
+        lines.append(f"| {name} | {p['support']} | {pct(p['precision'])} | {pct(p['recall'])} | {pct(p['f1'])} |")
+    if "votes" in e8:
+        lines += ["", f"Mean KL(crowd votes ‖ prediction): {e8['votes']['mean_kl_votes_pred']:.3f}."]
+    if "confusion" in e8:
+        import numpy as np
+
+        from fercli.evaluation import plot_confusion
+
+        plot_confusion(np.asarray(e8["confusion"]), e8["classes"],
+                       f"bundled model on FERPlus valid (acc {e8['accuracy']:.3f})", img / "recipe_confusion.png")
+        lines += ["", "![confusion matrix](img/recipe_confusion.png)"]
+    return "\n".join(lines)
+
+
+def calibration_block(b: dict) -> str:
+    e8 = b["ferplus_valid_8"]
+    before = (e8.get("calibration") or {}).get("before")
+    t = e8.get("temperature", 1.0)
+    lines = ["| FERPlus valid, 8 classes | temperature | ECE (15 bins) | NLL |", "|---|---:|---:|---:|"]
+    if before:
+        lines.append(f"| before (T = 1) | 1 | {before['ece']:.4f} | {before['nll']:.4f} |")
+    lines.append(f"| after (T fitted on the holdout) | {t:.3f} | {e8['ece']:.4f} | {e8['nll']:.4f} |")
+    if not before:
+        lines += ["", "The fitted temperature is 1: nothing changed."]
+    else:
+        lines += ["", (f"ECE {'falls' if e8['ece'] < before['ece'] else 'rises'} from {before['ece']:.4f} to "
+                       f"{e8['ece']:.4f} and NLL {'falls' if e8['nll'] < before['nll'] else 'rises'} from "
+                       f"{before['nll']:.4f} to {e8['nll']:.4f}: the temperature was fitted on the holdout, these are "
+                       "the report split's.")]
+    return "\n".join(lines)
+
+
+def robustness_block(b: dict, img: Path) -> str:
+    rob = b.get("robustness") or {}
+    new, prev = rob.get("new"), rob.get("previous")
+    if not new:
+        return "_Not measured (`experiments/bundle_recipe.py` was run with `--no-robustness`)._"
+    prev_name = (b.get("previous") or {}).get("file", "previous")
+    head = "| FERPlus valid, 8 classes | new: accuracy (%) | mean per-class (%) |"
+    sep = "|---|---:|---:|"
+    if prev:
+        head += f" previous (`{prev_name}`): accuracy (%) | mean per-class (%) | new − previous (points) |"
+        sep += "---:|---:|---:|"
+    lines = [head, sep]
+
+    def row(label: str, n: dict, p: dict | None) -> str:
+        out = f"| {label} | {pct(n['accuracy'])} | {pct(n['mean_class_accuracy'])} |"
+        if prev:
+            out += (f" {pct(p['accuracy'])} | {pct(p['mean_class_accuracy'])} | {points(n['accuracy'] - p['accuracy'])} |"
+                    if p else " — | — | — |")
+        return out
+
+    lines.append(row("clean", new["clean"], prev["clean"] if prev else None))
+    for name, e in new["corruptions"].items():
+        lines.append(row(name, e, (prev or {}).get("corruptions", {}).get(name)))
+    ns, ps = new["summary"], (prev or {}).get("summary")
+
+    def mean(s: dict) -> dict:
+        return {"accuracy": s["mean_accuracy"], "mean_class_accuracy": s.get("mean_mean_class_accuracy", float("nan"))}
+
+    lines.append(row("**mean over the corruptions**", mean(ns), mean(ps) if ps else None))
+    worst = f"| worst | {ns['worst']}: {pct(ns['worst_accuracy'])} | |"
+    if prev:
+        worst += f" {ps['worst']}: {pct(ps['worst_accuracy'])} | | |" if ps else " — | | |"
+    lines += [worst, "", ("Both models on byte-identical corrupted images (`fercli.robustness`: the same manifest, "
+                          "split, seed and cache), each with its own preprocessing, temperature and TTA.")]
+    plot_robustness(new, prev, prev_name, img / "recipe_robustness.png")
+    lines += ["", "![robustness, new vs previous](img/recipe_robustness.png)"]
+    return "\n".join(lines)
+
+
+def plot_robustness(new: dict, prev: dict | None, prev_name: str, dest: Path) -> None:
+    """Accuracy per corruption, the new model next to the previous one."""
+    names = ["clean", *new["corruptions"], "mean"]
+
+    def accs(rep: dict) -> list[float]:
+        return ([rep["clean"]["accuracy"]] + [rep["corruptions"].get(n, {}).get("accuracy", float("nan"))
+                                              for n in new["corruptions"]] + [rep["summary"]["mean_accuracy"]])
+
+    fig, ax = subplots((7.0, 1.6 + 0.36 * len(names)))
+    h = 0.4 if prev else 0.7
+    ys = list(range(len(names)))
+    bars = [([y - (h / 2 if prev else 0) for y in ys], accs(new), "tab:blue", "new (bundled)")]
+    if prev:
+        bars.append(([y + h / 2 for y in ys], accs(prev), "tab:gray", f"previous ({prev_name})"))
+    for y, a, color, label in bars:
+        ax.barh(y, [100 * v for v in a], h, color=color, label=label)
+        for yi, v in zip(y, a):  # inside the bar's end, or just past it when the bar is short
+            inside = v > 0.1
+            ax.text(100 * v + (-1 if inside else 1), yi, f"{100 * v:.1f}", va="center", ha="right" if inside else "left",
+                    color="white" if inside else "black", fontsize=7)
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 100), xlabel="accuracy on FERPlus valid, 8 classes (%)", title="Robustness: identical corrupted inputs")
+    ax.axvline(75, color="tab:red", lw=0.8, ls=":", label="issue 13: mean ≥ 75%")
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14 * 6 / (1.2 + 0.36 * len(names))), ncol=3)
+    save_png(fig, dest)
+
+
+def limits_block(b: dict) -> str:
+    e8 = b["ferplus_valid_8"]
+    weak = [(k, v) for k, v in e8["per_class"].items() if v["support"] and v["recall"] < 0.5]
+    text = ("* **Rare classes.** FERPlus train has 116 disgust, 536 fear and 120 contempt images of 25,045. "
+            f"Mean per-class accuracy ({pct(e8['mean_class_accuracy'])}%) is "
+            f"{100 * (e8['accuracy'] - e8['mean_class_accuracy']):.1f} points below overall accuracy "
+            f"({pct(e8['accuracy'])}%): FERPlus is dominated by neutral and happiness.")
+    if weak:
+        text += (" Classes found less than half the time on FERPlus valid: "
+                 + ", ".join(f"{k} {pct(v['recall'])}% recall ({v['support']} images)" for k, v in weak) + ".")
+    return text
+
+
+def previous_block(old: dict | None) -> str:
+    if not old:
+        return "_No previous bundled model._"
+    e8, e7 = old["ferplus_valid_8"], old["ferplus_valid_7"]
+    low, cls = lowest_recall(e8)
+    path = c.ROOT / old["file"]
+    r = old.get("recipe") or {}
+    return (f"`{Path(old['file']).name}` ({old['bytes'] / 1e6:.2f} MB, sha256 `{old['sha256'][:16]}...`), the bundled "
+            f"model before this one: `lfer` + the 20-epoch teacher's distributions, trained {r.get('epochs', '?')} "
+            f"epochs with `experiments/protocol.toml` (step lr, flip + shift, no EMA, no calibration; run "
+            f"`{old['source_run']}`). FERPlus valid: {pct(e8['accuracy'])}% (8 classes), {pct(e7['accuracy'])}% (7), "
+            f"mean per-class {pct(e8['mean_class_accuracy'])}%, macro-F1 {pct(e8['macro_f1'])}%, lowest per-class "
+            f"recall {pct(low)}% ({classes_text(cls)}). "
+            + (f"It still ships in `fercli/weights/` (`--model {old['file']}`). " if path.is_file() else "")
+            + "Its numbers are in `experiments/results/bundled.json` and RESULTS.md (\"The bundled model\"); its full "
+              "card is this file's version before the switch, in the git history.")
+
+
+def commands_block(b: dict) -> str:
+    cmds = [c_.split("  #")[0].strip() for c_ in b.get("commands", [])]
+    lines = ["```",
+             "# the study (experiments/README.md; a GPU machine: experiments/gpu/run_recipe.sh)",
+             "python experiments/recipe.py --jobs 2",
+             "# the source run, as recorded (in the workspace runs/ferplus)",
+             clean_command(b.get("source_command")),
+             "# the operating point, the fp16 file, FERPlus valid and the robustness comparison",
+             *(clean_command(x) for x in cmds),
+             "python experiments/report.py                 # this card",
+             "```", "",
+             "Check the 8-class figure with the data in `../shared`, from the repository root:", "",
+             "```",
+             "mkdir -p ws && fer -w ws data import ferplus ../shared/datasets/ferplus",
+             f"fer -w ws eval --split valid --model {b['file']}",
+             f"fer -w ws eval --split valid --model {b['file']} --robustness   # the corruption suite",
+             "```"]
+    return "\n".join(lines)
+
+
+def card_blocks(b: dict, old: dict | None, img: Path) -> dict[str, str]:
+    return {"v2-intro": intro_block(b), "v2-what": what_block(b), "v2-made": made_block(b),
+            "v2-choice": choice_block(b), "v2-valid": valid_block(b, img), "v2-calibration": calibration_block(b),
+            "v2-robustness": robustness_block(b, img), "v2-targets": targets_block(b), "v2-limits": limits_block(b),
+            "v2-commands": commands_block(b), "v2-previous": previous_block(old)}
+
+
+def model_card(current: str, b: dict, old: dict | None, img: Path, template: str | None = None) -> str:
+    """docs/MODEL_CARD.md for the bundled model ``b``: the current card's blocks refreshed once it is the v2
+    card, else the template (experiments/model_card_v2.md) filled in."""
+    text = current if "<!-- BEGIN v2-intro -->" in current else (template or TEMPLATE.read_text())
+    for name, body in card_blocks(b, old, img).items():
+        text = replace_block(text, name, body)
+    return text
