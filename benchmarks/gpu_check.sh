@@ -10,7 +10,7 @@
 # `fer bench --backend onnxruntime` and `fer predict --model model.onnx` (SKIP without onnxruntime-gpu),
 # and `fer align --device cuda` with the RetinaFace MobileNet weights (SKIP when they are not found:
 # $FER_MOBILENET_WEIGHTS, $FER_SHARED/weights/retinaface/, ../shared/weights/retinaface/ or torch's hub
-# cache), whose detections must match the CPU's.
+# cache), whose detections must match the CPU's (within one face at the score threshold).
 #
 # Exit code: 0 if nothing failed (SKIPs included), 1 otherwise. Without a CUDA device it prints a single
 # SKIP line and exits 0. Each path has STEP_TIMEOUT seconds (default 150); logs are kept in the work
@@ -28,9 +28,9 @@ fi
 DEV=${FER_GPU_CHECK_DEVICE:-cuda}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}
 
-NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null)
-NGPU=${NGPU:-0}
-if [ "$DEV" = cuda ] && [ "$NGPU" -lt 1 ] 2>/dev/null; then
+NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)" 2>/dev/null | tail -n 1)
+case "$NGPU" in ''|*[!0-9]*) NGPU=0 ;; esac  # no torch, or noise: no GPU
+if [ "$DEV" = cuda ] && [ "$NGPU" -lt 1 ]; then
     echo "SKIP gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to check"
     exit 0
 fi
@@ -161,9 +161,11 @@ fi
 
 # ---- inference: eager predict, ONNX Runtime's CUDA provider ---------------------------------------
 FACE=$(ls "$WS"/aligned/valid/*/*.png | head -n 1)
-export FACE
+MODEL=$(ls "$WS"/run_*/best.pt 2>/dev/null | head -n 1)  # whichever training run above succeeded
+export FACE MODEL
 predict_eager() {
-    fer predict "$FACE" --model "$WS/run_amp/best.pt" --no-detect --device "$DEV" --json >"$WORK/predict.json"
+    test -n "$MODEL" || { echo "no trained model: every training run above failed"; exit 1; }
+    fer predict "$FACE" --model "$MODEL" --no-detect --device "$DEV" --json >"$WORK/predict.json"
     "$PY" -c "import json; r = json.load(open('$WORK/predict.json')); assert r[0]['status'] == 'ok', r"
 }
 ort_provider() {  # the session must really run on the CUDA provider (ORT falls back to CPU quietly)
@@ -189,7 +191,8 @@ EOF
 }
 predict_ort() {
     ort_provider
-    fer export "$WS/run_amp/best.pt" -o "$WORK/model.onnx"
+    test -n "$MODEL" || { echo "no trained model: every training run above failed"; exit 1; }
+    fer export "$MODEL" -o "$WORK/model.onnx"
     fer predict "$FACE" --model "$WORK/model.onnx" --no-detect --device cuda --json >"$WORK/predict_onnx.json"
     "$PY" -c "import json; r = json.load(open('$WORK/predict_onnx.json')); assert r[0]['status'] == 'ok', r"
 }
@@ -231,8 +234,9 @@ align_gpu() {
 import json, sys
 cpu, gpu = (json.load(open(p)) for p in sys.argv[1:])
 assert gpu["processed"] > 0 and "error" not in gpu["statuses"], gpu
-assert gpu["faces"] == cpu["faces"], f"faces: cpu {cpu['faces']}, gpu {gpu['faces']}"
-print(f"{gpu['processed']} images, {gpu['faces']} faces on both devices; {gpu['images_per_second']} images/s")
+# cuDNN and CPU convolutions differ in the last bits: allow one face flipping at the score threshold
+assert abs(gpu["faces"] - cpu["faces"]) <= 1, f"faces: cpu {cpu['faces']}, gpu {gpu['faces']}"
+print(f"{gpu['processed']} images; faces: cpu {cpu['faces']}, gpu {gpu['faces']}; {gpu['images_per_second']} images/s")
 EOF
 }
 export -f align_gpu

@@ -17,7 +17,7 @@ STATUS_MEANINGS: dict[str, str] = {
     "ok": "face(s) found and used",
     "no_face": "no face above --min-score / --min-face-size",
     "no_landmarks": "source row has no landmarks or box (--detector landmarks)",
-    "unreadable": "empty, truncated, corrupt or not an image; a folder; a symlink loop; no permission",
+    "unreadable": "empty, truncated, corrupt or not an image",  # also: a folder, a symlink loop, no permission
     "too_large": "more pixels than fercli accepts",
     "missing": "file not found (or a symlink to nothing)",
     "error": "unexpected failure on this image (fer align retries it on rerun)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -111,6 +112,9 @@ def _verify_png(data: bytes) -> None:
             Image.open(io.BytesIO(data)).verify()
     except Exception as exc:
         what = (str(exc) or type(exc).__name__).replace("b'", "").replace("'", "")
+        chunk = re.search(r"checksum in (\w{4})", what)
+        if chunk and chunk.group(1)[0].islower():
+            return  # a damaged ancillary chunk (text, time...): decoders skip it, the pixels are fine
         what = what[len("broken PNG file ("):-1] if what.startswith("broken PNG file (") else what
         raise ImageProblem("unreadable", f"corrupt PNG file ({what})") from None
 
