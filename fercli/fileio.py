@@ -163,3 +163,20 @@ def check_writable_file(path: str | os.PathLike[str], option: str | None = None)
     if path.is_dir():
         raise FerError(f"{label}: is a folder; pass a file name")
     _probe_dir(path.parent, label)
+
+
+class DirIndex:
+    """Answers "does root/rel exist" with one directory listing per folder (fast on 400k files)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._cache: dict[str, frozenset[str]] = {}
+
+    def exists(self, rel: str) -> bool:
+        parent, _, name = rel.rpartition("/")
+        if parent not in self._cache:
+            try:
+                self._cache[parent] = frozenset(os.listdir(self.root / parent if parent else self.root))
+            except (FileNotFoundError, NotADirectoryError):
+                self._cache[parent] = frozenset()
+        return name in self._cache[parent]

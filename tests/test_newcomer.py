@@ -109,6 +109,12 @@ def test_photo_folder_sequence_typed_twice(runner: CliRunner, workspace: Path):
     assert st["next"] == "fer export"
     student = next(r for r in st["artifacts"] if r["kind"] == "student")
     assert student["summary"]["epochs_run"] == 2
+    # `fer status` of the trained workspace, as its own process: read from the state, without torch
+    code = ("import sys; from fercli.cli import app\ntry: app(['status'])\nexcept SystemExit: pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workspace,
+                         env={**os.environ, "COLUMNS": "200"})
+    assert "next: fer export" in out.stdout and out.stderr.strip().endswith("NO TORCH"), out.stderr
 
     # Every stage agreed on the split, and fer eval scored images no stage trained on.
     df = read_manifest(workspace / "aligned" / "manifest.parquet").df

@@ -59,8 +59,13 @@ def test_align_teacher_labels_train_with_no_paths(runner, workspace: Path):
 
     status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert [a["state"] for a in status["artifacts"][:4]] == ["ok"] * 4
-    assert status["next"] == "fer eval"
+    assert status["next"] == "fer eval --split valid"  # raw/ has train/ and valid/ folders only
 
-    # Rerunning training in the same place must not silently overwrite the run.
+    # Rerunning training in the same place must not silently overwrite the run: the same command
+    # finds it finished and up to date, other settings are refused.
+    mtime = (workspace / "student" / "best.pt").stat().st_mtime_ns
     res = runner.invoke(app, ["train"])
+    assert res.exit_code == 0 and "student/best.pt is up to date" in res.stdout, res.output
+    res = runner.invoke(app, ["train", "--epochs", "2"])
     assert res.exit_code == 1 and "pass --resume to continue it" in res.stderr
+    assert (workspace / "student" / "best.pt").stat().st_mtime_ns == mtime

@@ -97,13 +97,12 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Counts per split and class, imbalance, unlabelled rows, missing files, distribution columns."""
-    from fercli.datainfo import manifest_info
-    from fercli.schema import read_manifest
+    from fercli.datainfo import read_info
 
     ws = _ui.state(ctx).workspace
     art = ws.resolve("dataset", manifest)
     _ui.using(ctx, ws, art)
-    rep = manifest_info(read_manifest(art.path), check_files=check_files, track=_ui.rich_track)
+    rep = read_info(art.path, check_files=check_files, track=_ui.rich_track)
     if json_out:
         _ui.print_json(rep)
         return

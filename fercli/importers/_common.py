@@ -69,21 +69,7 @@ def check_duplicates(keys: list[str], lines: list[int], file: Path) -> None:
         seen[key] = line
 
 
-class DirIndex:
-    """Answers "does root/rel exist" with one directory listing per folder (fast on 400k files)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._cache: dict[str, frozenset[str]] = {}
-
-    def exists(self, rel: str) -> bool:
-        parent, _, name = rel.rpartition("/")
-        if parent not in self._cache:
-            try:
-                self._cache[parent] = frozenset(os.listdir(self.root / parent if parent else self.root))
-            except (FileNotFoundError, NotADirectoryError):
-                self._cache[parent] = frozenset()
-        return name in self._cache[parent]
+from fercli.fileio import DirIndex  # noqa: E402  (kept here for importers; lives in fileio, which is light)
 
 
 def drop_missing(imp: Imported, lines: list[int] | None, label_file: Path | None, allow_missing: bool) -> Imported:
