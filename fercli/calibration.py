@@ -199,7 +199,6 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, title: str, dest: st
 
 
 # ---- fitting on a split (fer calibrate, and the training engine's holdout) ------------------
-@torch.no_grad()
 def adjustment_curve(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray,
                      taus: list[float] | tuple[float, ...]) -> list[dict[str, Any]]:
     """Post-hoc logit adjustment (Menon et al. 2021): predictions of ``logits - tau * log(prior)`` per ``tau``.
@@ -242,6 +241,7 @@ def fold_logit_adjustment(model: torch.nn.Module, shift: np.ndarray | torch.Tens
     return f"{name}.bias"
 
 
+@torch.no_grad()
 def split_logits(model: Callable[[torch.Tensor], torch.Tensor], split: Split, pre: Preprocess, device: torch.device | str,
                  batch_size: int = 128, workers: int = 0, track: Track = no_track) -> np.ndarray:
     """Raw logits ``(N, C)`` (float64) of ``model`` on every image of ``split``, in split order.

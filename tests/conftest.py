@@ -69,3 +69,24 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TORCH_HOME", str(home))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     return home / "hub"
+
+
+# A small learnable image folder (class k is a bright block at grid position k), imported as the
+# workspace's dataset: what the training-engine tests train on.
+@pytest.fixture(scope="module")
+def pattern_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from _fab import make_pattern_folder
+
+    from fercli.classes import CLASSES_7
+
+    return make_pattern_folder(tmp_path_factory.mktemp("pattern"), CLASSES_7, {"train": 12, "valid": 4})
+
+
+@pytest.fixture
+def ws(tmp_path: Path, pattern_root: Path):
+    from fercli.importers import ImportConfig, run_import
+    from fercli.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    run_import(ImportConfig(format="folder", src=pattern_root), ws)
+    return ws

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _fab import make_ferplus, make_pattern_folder
+from _fab import make_ferplus
 from typer.testing import CliRunner
 
 from fercli.augment import AUGMENT_PRESETS, augment_batch, build_augment, mix_batch
@@ -26,18 +26,6 @@ from fercli.training import RECIPES, TrainConfig, build_scheduler, fit, prepare_
 from fercli.workspace import Workspace
 
 TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
-
-
-@pytest.fixture(scope="module")
-def pattern_root(tmp_path_factory) -> Path:
-    return make_pattern_folder(tmp_path_factory.mktemp("pattern"), CLASSES_7, {"train": 12, "valid": 4})
-
-
-@pytest.fixture
-def ws(tmp_path: Path, pattern_root: Path) -> Workspace:
-    ws = Workspace(tmp_path / "ws")
-    run_import(ImportConfig(format="folder", src=pattern_root), ws)
-    return ws
 
 
 # -- augmentation --------------------------------------------------------------------------------------

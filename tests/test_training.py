@@ -12,13 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _fab import ferplus_subset, make_pattern_folder
+from _fab import ferplus_subset
 
 from fercli.checkpoint import load_checkpoint, model_from_checkpoint
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.augment import augment_batch, build_augment
 from fercli.errors import FerError
-from fercli.importers import ImportConfig, run_import
 from fercli.labels import GenLabelsConfig, generate_labels
 from fercli.losses import LFERLoss
 from fercli.schema import dist_columns, read_labels, read_manifest, write_labels, write_manifest
@@ -26,18 +25,6 @@ from fercli.training import TeacherConfig, TrainConfig, fit
 from fercli.workspace import Workspace
 
 TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
-
-
-@pytest.fixture(scope="module")
-def pattern_root(tmp_path_factory) -> Path:
-    return make_pattern_folder(tmp_path_factory.mktemp("pattern"), CLASSES_7, {"train": 12, "valid": 4})
-
-
-@pytest.fixture
-def ws(tmp_path: Path, pattern_root: Path) -> Workspace:
-    ws = Workspace(tmp_path / "ws")
-    run_import(ImportConfig(format="folder", src=pattern_root), ws)
-    return ws
 
 
 def test_teacher_labels_student_sequence(ws: Workspace):
