@@ -60,10 +60,10 @@ def test_bench_paper_json(runner):
 
 @pytest.mark.parametrize("args, message", [
     (["bench", "lferr", "--no-latency"], "neither a registered model"),
-    (["bench", "lfer", "--size", "40", "--no-latency"], "--size 40 is not supported"),
-    (["bench", "lfer", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
-    (["bench", "lfer", "--batch", "0"], "batch size must be at least 1"),
-    (["bench", "missing.pt"], "missing.pt: no such checkpoint"),
+    (["bench", "lfer", "--size", "40", "--no-latency"], "--size must be a multiple of 16"),
+    (["bench", "lfer", "--backend", "tensorrt"], "--backend must be one of eager"),
+    (["bench", "lfer", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["bench", "missing.pt"], "'missing.pt' is neither a registered model"),
     (["bench", "lfer", "--paper"], "--paper compares the fixed Table 4 setting"),
 ])
 def test_bench_errors(runner, workspace, args, message):

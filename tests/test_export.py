@@ -98,7 +98,7 @@ def test_export_errors_through_the_cli(runner, workspace, student, tmp_path):
     res = runner.invoke(app, ["-w", str(empty), "export"])
     assert res.exit_code == 1 and "no student in workspace" in res.stderr
     res = runner.invoke(app, ["export", "--format", "tflite"])
-    assert res.exit_code == 1 and "'format' must be one of" in res.stderr
+    assert res.exit_code == 1 and "--format must be one of" in res.stderr
     res = runner.invoke(app, ["export", "--format", "torchscript", "--out", "m.pt"])
     assert res.exit_code == 1 and "reserved for checkpoints" in res.stderr
     (workspace / "x.onnx").write_bytes(b"")
