@@ -750,8 +750,9 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
     out_dir = Path(cfg.out) if cfg.out is not None else ws.default_path(kind).parent
     last_path = out_dir / "last.pt"
     if not cfg.resume and last_path.exists() and not cfg.overwrite:
-        raise FerError(f"{last_path}: a training run is already here; pass --resume to continue it, "
-                       "--overwrite to start again, or --out for a new directory")
+        raise FerError(f"{last_path}: a training run is already here; pass --resume to continue it (same data and "
+                       "settings), --overwrite to start again (e.g. after the dataset changed), or --out for a new "
+                       "directory")
     if cfg.resume and not last_path.exists():
         raise FerError(f"{last_path}: nothing to resume; start the run without --resume")
     state: dict[str, Any] | None = None
