@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import _common as c
@@ -376,7 +377,10 @@ def recipe_block(b: dict | None) -> str:
 
 def workspace_relative(command: str) -> str:
     """A recorded command without this machine's absolute paths or the --resume of a run continued after a cut."""
-    return command.replace(f"{c.WS}/", "").replace(f"{c.ROOT}/", "").replace(" --resume", "")
+    command = command.replace(f"{c.WS}/", "").replace(f"{c.ROOT}/", "").replace(" --resume", "")
+    # commands recorded in another checkout (the docs regenerate identically in any clone)
+    command = re.sub(r"(?<!\S)/\S*?/runs/ferplus/", "", command)
+    return re.sub(r"(?<!\S)/\S*?/(experiments|fercli)/", r"\1/", command)
 
 
 def hours_block(all_runs: list[dict], teacher: dict | None) -> str:
