@@ -22,6 +22,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from fercli.augment import augment_batch
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, atomic_write_json
 from fercli.progress import Track, no_track
@@ -176,8 +177,6 @@ class _AugmentedBatches(torch.utils.data.Dataset):
         return len(self.index_batches)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from fercli.augment import augment_batch
-
         x = _read_cached(self.split, self.index_batches[i])
         return augment_batch(x, self.transform, self.seeds[i])
 
@@ -213,8 +212,6 @@ def load_batches(split: Split, index_batches: list[list[int]], workers: int, tra
         for i, idx in enumerate(index_batches):
             x = _read_cached(split, idx) if split.cached else torch.stack([split.dataset[j] for j in idx])
             if transform is not None:
-                from fercli.augment import augment_batch
-
                 x = augment_batch(x, transform, seeds[i])  # type: ignore[index]
             yield x, idx
         return
@@ -222,8 +219,6 @@ def load_batches(split: Split, index_batches: list[list[int]], workers: int, tra
                                          persistent_workers=False)
     for i, (data, idx) in enumerate(zip(_worker_errors(loader), index_batches)):
         if transform is not None:
-            from fercli.augment import augment_batch
-
             data = augment_batch(data, transform, seeds[i])  # type: ignore[index]
         yield data, idx
 
