@@ -45,7 +45,10 @@ COMPARE: dict[str, list[Any]] = {
 # candidates for the bundled model (seed 0, longer)
 CANDIDATES: dict[str, list[Any]] = {
     "lfer_votes": ["--arch", "lfer", "--targets", "votes"],
-    "lfer_mix": ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5],
+    # lfer_votes ended at 81% train accuracy (augmented) against 80.6% on the holdout: underfitting, not
+    # overfitting, so this candidate also lowers weight decay to the old protocol's 1e-4
+    "lfer_mix": ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
+                 "--weight-decay", 1e-4],
 }
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix"}
 
