@@ -95,12 +95,23 @@ def _convert(value: Any, typ: Any, where: str, key: str) -> Any:
     return value
 
 
-def _apply(values: dict[str, Any], source: dict[str, Any], fields: dict[str, Any], where: str) -> None:
+def _apply(values: dict[str, Any], source: dict[str, Any], fields: dict[str, Any], where: str,
+           origins: dict[str, str]) -> None:
     for key, value in source.items():
         name = key.replace("-", "_")
         if name not in fields:
             raise FerError(f"{where}: unknown option {key!r}; known: {', '.join(sorted(fields))}")
         values[name] = _convert(value, fields[name], where, key)
+        origins[name] = where
+
+
+def _with_origin(message: str, origins: dict[str, str]) -> str:
+    """Point a validation error at the config file that set the bad value: the message names the
+    option by its flag, which the user never typed when the value came from ``fer.toml``."""
+    for name, where in origins.items():
+        if where != "command line" and re.match(rf"{re.escape(flag(name))}(?![\w-])", message):
+            return f"{message} (set by {name!r} in {where}: fix it there, or pass {flag(name)} to override)"
+    return message
 
 
 def build_config(
@@ -120,19 +131,23 @@ def build_config(
     hints = typing.get_type_hints(cls)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
-    _apply(values, base or {}, fields, "preset")
+    origins: dict[str, str] = {}  # field -> where its value came from, for error messages
+    _apply(values, base or {}, fields, "preset", origins)
     if workspace is not None and workspace.config_file is not None:
-        _apply(values, workspace.config_section(section), fields, f"{workspace.config_file} [{section}]")
+        _apply(values, workspace.config_section(section), fields, f"{workspace.config_file} [{section}]", origins)
     if config_file is not None:
         if not Path(config_file).is_file():
             raise FerError(f"--config {config_file}: config file not found")
         data = load_config_file(config_file)
         table = data.get(section, data) if isinstance(data.get(section), dict) else data
-        _apply(values, table, fields, str(config_file))
-    _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, fields, "command line")
+        _apply(values, table, fields, str(config_file), origins)
+    _apply(values, {k: v for k, v in (overrides or {}).items() if v is not None}, fields, "command line", origins)
     cfg = cls(**values)
     if validate:
-        validate_config(cfg)
+        try:
+            validate_config(cfg)
+        except FerError as exc:
+            raise FerError(_with_origin(str(exc), origins)) from None
     return cfg
 
 

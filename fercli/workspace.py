@@ -447,9 +447,20 @@ class Workspace:
 
     def _next_command(self, stage: Stage | None, splits: dict[str, int] | None,
                       states: dict[str, str]) -> tuple[str | None, str | None]:
-        """The command that makes ``stage``'s artifact, with what the dataset's splits require."""
+        """The command that makes ``stage``'s artifact, with what the dataset's splits require, and
+        ``--overwrite`` where a stale training run is in the way (train refuses to reuse a run whose
+        inputs changed)."""
         if stage is None:
             return None, None
+        command, note = self._next_command_for_data(stage, splits, states)
+        if command is not None and stage.kind in ("teacher", "student") and states.get(stage.kind) == "stale":
+            command += " --overwrite"
+            note = "; ".join(filter(None, [note, f"the {stage.kind} was trained on older inputs: --overwrite trains "
+                                                  "it again in place"]))
+        return command, note
+
+    def _next_command_for_data(self, stage: Stage, splits: dict[str, int] | None,
+                               states: dict[str, str]) -> tuple[str | None, str | None]:
         if splits is None or states.get("dataset") != "ok" or stage.kind in ("dataset", "export"):
             return stage.command, None
         dataset = self.rel(self.current_path("dataset") or "dataset")

@@ -269,3 +269,17 @@ def test_dataloader_workers_give_the_same_manifest(weights: Path, shared_dir: Pa
         frames.append(pd.read_parquet(result.manifest_path))
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert (frames[0]["status"] == "ok").sum() >= 2 + 2 + 16
+
+
+def test_a_class_the_detector_misses_is_reported(weights: Path, shared_dir: Path, tmp_path: Path) -> None:
+    """A class whose faces the detector misses is named in the result, not silently dropped."""
+    src = tmp_path / "src"
+    for cls, name in (("happiness", "astronaut.png"), ("disgust", "no_face_road.jpg")):
+        (src / cls).mkdir(parents=True)
+        shutil.copyfile(shared_dir / "faces" / name, src / cls / name)
+    cfg = AlignConfig(detector="retinaface-mobilenet", detector_weights=weights, min_score=0.5, device="cpu",
+                      workers=0, batch_size=4, no_split=True)
+    result = run_align(cfg, src, tmp_path / "out")
+    warnings = [n for n in result.notes if n.startswith("warning: class")]
+    assert len(warnings) == 1 and "'disgust' kept a face in 0 of 1 images (the class is gone" in warnings[0]
+    assert "--detector retinaface" in warnings[0] and result.summary()["notes"] == result.notes

@@ -77,6 +77,17 @@ def test_import_with_config_file_and_json(runner, workspace: Path, tmp_path: Pat
     assert (workspace / "raf.parquet").is_file()
 
 
+def test_a_bad_value_from_the_workspace_config_names_the_file(runner, workspace: Path):
+    """The flag alone would send the user looking at a command line they never typed."""
+    (workspace / "fer.toml").write_text("[train]\nlr = -1\n")
+    res = runner.invoke(app, ["train"])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1
+    assert "--lr -1.0 is out of range" in res.stderr and "set by 'lr' in " in res.stderr
+    assert "fer.toml [train]: fix it there, or pass --lr to override" in res.stderr
+    res = runner.invoke(app, ["train", "--lr", "-2"])  # from the command line: the flag is the place
+    assert res.exit_code == 1 and "fer.toml" not in res.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["data", "import", "ferplus", "missing_dir"], "missing_dir: no such file or directory"),
     (["data", "import", "ferplus", "."], "no FER2013Train/label.csv"),

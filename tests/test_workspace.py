@@ -93,6 +93,9 @@ def test_walk_through_default_locations_and_staleness(tmp_path: Path):
     with pytest.raises(FerError, match=r"was made from dataset data/manifest.parquet .* but this run uses data/manifest.parquet"):
         ws.resolve_inputs({"dataset": None, "labels": ws.default_path("labels")})
     assert {r["kind"]: r["state"] for r in ws.status()["artifacts"]}["teacher"] == "stale"
+    # the stale teacher's run is in the way of a plain rerun (train refuses changed inputs): say --overwrite
+    status = ws.status()
+    assert status["next"] == "fer pretrain-teacher --overwrite" and "--overwrite trains it again" in status["note"]
 
 
 def test_mismatched_classes_are_refused(tmp_path: Path):

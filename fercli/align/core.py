@@ -799,6 +799,28 @@ class _Runner:
         return dest, df, counts
 
 
+# A class that keeps less than this share of its images is reported: a detector that misses one
+# expression (Haar on disgust, say) otherwise removes a class from the dataset without a word.
+CLASS_LOSS_WARN = 0.5
+
+
+def class_losses(df: pd.DataFrame, classes: tuple[str, ...], detector: str) -> list[str]:
+    """One warning per labelled class that kept less than ``CLASS_LOSS_WARN`` of its source images."""
+    if df.empty or COL_LABEL not in df or "status" not in df:
+        return []
+    per_image = df[df[COL_LABEL] >= 0].groupby("src_path").agg(label=(COL_LABEL, "first"),
+                                                              ok=("status", lambda s: bool((s == "ok").any())))
+    out = []
+    for label, g in per_image.groupby("label"):
+        kept, total = int(g["ok"].sum()), len(g)
+        if kept < CLASS_LOSS_WARN * total:
+            name = classes[int(label)] if 0 <= int(label) < len(classes) else str(label)
+            out.append(f"warning: class {name!r} kept a face in {kept:,} of {total:,} images"
+                       f"{' (the class is gone from the dataset)' if kept == 0 else ''}; detector {detector!r} "
+                       "misses these faces: try --detector retinaface, or --detector none for pre-cropped faces")
+    return out
+
+
 def run_align(
     cfg: AlignConfig,
     src: str | os.PathLike[str] | Source | None = None,
@@ -853,6 +875,6 @@ def run_align(
     return AlignResult(
         manifest_path=manifest_path, counts=counts, images=int(df["src_path"].nunique()) if not df.empty else 0,
         faces=faces, processed=processed, skipped=skipped, seconds=seconds, complete=True, dst=dst,
-        source=source, notes=source.notes,
+        source=source, notes=source.notes + class_losses(df, source.classes, cfg.detector),
         detector=cfg.detector if cfg.detector not in ("landmarks", "none") else None, detector_note=detector_note,
     )
