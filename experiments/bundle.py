@@ -18,7 +18,11 @@ import _common as c
 
 from fercli.checkpoint import load_checkpoint
 from fercli.fileio import atomic_path, sha256_file
-from fercli.inference import BUNDLED_MODEL
+from fercli.inference import BUNDLED_MODEL as _CURRENT
+
+# The first bundled model (the paper protocol's). It keeps its own file name: since the recipe study's
+# model (bundle_recipe.py) became the package default, this script must never write over that one.
+BUNDLED_MODEL = _CURRENT.parent / "ferplus8_lfer_ldl_fp16.pt"
 
 CANDIDATES = (("ablation", "lfer_ldl-s*"), ("budget", "lfer_ldl-e*"))
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "weight_decay", "seed", "beta", "input_size")
