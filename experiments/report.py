@@ -437,9 +437,11 @@ def render(img: Path = IMG, results: Path = c.RESULTS, recipe_results: Path | No
         text = replace_block(text, name, body)
     if "bundled" in recipe_runs:  # the new bundled model's card (the previous model becomes a note in it)
         card = report_card.model_card(CARD.read_text(), recipe_runs["bundled"], bundled, img)
-    else:
+    elif "<!-- BEGIN card -->" in CARD.read_text():  # the first model's card
         card = replace_block(replace_block(CARD.read_text(), "card", card_block(bundled)), "recipe",
                              recipe_block(bundled))
+    else:  # the card is already the new model's, and there are no results to regenerate it from
+        card = CARD.read_text()
     summary = {"ablation_ldl_vs_baseline": diff, "budget_fits": budget_fits}
     if contrasts:
         summary["recipe_contrasts"] = contrasts
