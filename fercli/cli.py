@@ -19,6 +19,7 @@ from fercli.commands import eval as eval_cmd
 from fercli.commands import export as export_cmd
 from fercli.commands import gen_labels as gen_labels_cmd
 from fercli.commands import predict as predict_cmd
+from fercli.commands import serve as serve_cmd
 from fercli.commands import status as status_cmd
 from fercli.commands import train as train_cmd
 from fercli.errors import FerError
@@ -82,6 +83,7 @@ app.command("eval", epilog=eval_cmd.EXAMPLE)(eval_cmd.eval_)
 app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
 app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)
 app.command("predict", epilog=predict_cmd.EXAMPLE)(predict_cmd.predict)
+app.command("serve", epilog=serve_cmd.EXAMPLE)(serve_cmd.serve)
 app.command("doctor", epilog=doctor_cmd.EXAMPLE)(doctor_cmd.doctor)
 app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
 app.command("demo", epilog=demo_cmd.EXAMPLE)(demo_cmd.demo)

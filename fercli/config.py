@@ -296,6 +296,8 @@ def validate_align(cfg: Any) -> None:
 @_validator("fercli.predict.PredictConfig")
 def validate_predict(cfg: Any) -> None:
     from fercli.calibration import TTA_MODES
+    from fercli.video.pipeline import is_video_run
+    from fercli.video.source import ANNOTATE_VIDEO_SUFFIXES
 
     _detection(cfg, ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar"))
     existing("--model", cfg.model)
@@ -304,7 +306,17 @@ def validate_predict(cfg: Any) -> None:
     if cfg.tta is not None:
         choice("--tta", cfg.tta, TTA_MODES)
     at_least("--threads", cfg.threads, 1, optional=True)
-    writable("--annotate", cfg.annotate, folder=True)
+    video = is_video_run(cfg)
+    # One video is annotated into an .mp4 file (or a folder); pictures into a folder.
+    writable("--annotate", cfg.annotate, folder=not (video and cfg.annotate is not None
+                                                      and Path(cfg.annotate).suffix.lower() in ANNOTATE_VIDEO_SUFFIXES))
+    if hasattr(cfg, "detect_every"):  # the video options (fercli.video)
+        at_least("--webcam", cfg.webcam, 0, optional=True)
+        need("--detect-every", cfg.detect_every, isinstance(cfg.detect_every, int) and cfg.detect_every >= 1,
+             "an integer >= 1")
+        in_range("--smooth", cfg.smooth, 0, 3600)
+        in_range("--duration", cfg.duration, 0, math.inf, low_open=True, optional=True)
+        writable("--out", cfg.out, folder=True)
 
 
 @_validator("fercli.importers._common.ImportConfig")
@@ -444,3 +456,14 @@ def validate_demo(cfg: Any) -> None:
     if cfg.format is not None or cfg.data is not None:
         choice("--format", cfg.format, FORMATS)
     need("--seed", cfg.seed, isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0")
+
+
+@_validator("fercli.serve.ServeConfig")
+def validate_serve(cfg: Any) -> None:
+    choice("--detector", cfg.detector, ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar", "none"))
+    existing("--model", cfg.model)
+    existing("--detector-weights", cfg.detector_weights)
+    _runtime(cfg)
+    device("--device", cfg.device)
+    at_least("--threads", cfg.threads, 1, optional=True)
+    cfg.check()  # ranges, the API key rule and CORS origins, kept beside the dataclass

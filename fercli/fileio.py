@@ -49,6 +49,27 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def partial_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest`` that replaces ``dest`` however the block ends.
+
+    For streaming outputs (rows, an encoded video) that must keep what was written so far when the
+    run is interrupted or fails part-way: the caller makes the file complete in its own ``finally``
+    (rows flushed, video writer released) inside this block. ``dest`` is never seen half-written;
+    a temporary file left empty (nothing was written) is removed and ``dest`` left untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(dest)
+    try:
+        yield tmp
+    finally:
+        if tmp.is_file() and tmp.stat().st_size > 0:
+            os.replace(tmp, dest)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(dest: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``dest`` atomically."""
     with atomic_path(dest) as tmp:

@@ -1,16 +1,17 @@
 """`fer predict`: expressions of the faces in photos, folders, globs or videos.
 
-Detection, face selection and alignment are `fer align`'s own functions with the same options, and
-the classifier's preprocessing is the preset stored with the model, applied by the same code as
-`fer eval`: a face gets the same prediction from `predict` as from `align` followed by `eval`.
-The detector and classifier are loaded once; detection is batched across images and
-classification across all their faces.
+Detection, face selection, alignment and classification are :class:`fercli.api.Recognizer`'s, the
+layer `fer serve` shares: `fer align`'s own functions with the same options, and the model's stored
+preprocessing applied by the same code as `fer eval`, so a face gets the same prediction from
+`predict` as from `align` followed by `eval`. The detector and classifier are loaded once; detection
+is batched across images and classification across all their faces.
 """
 
 from __future__ import annotations
 
 import functools
 import glob
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,26 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from fercli.align import load_detector, load_image
-from fercli.align.core import select_faces
-from fercli.align.detectors import HAAR, auto_detector
+from fercli.align import load_image
 from fercli.align.imageio import ImageProblem, LoadedImage
-from fercli.align.transform import align_face, box_crop, check_geometry
-from fercli.calibration import TTA_MODES
-from fercli.data import normalize
-from fercli.device import resolve_device
+# CLASSIFY_BATCH and FaceResult live in fercli.api now; they stay importable from here.
+from fercli.api import CLASSIFY_BATCH, NO_DETECTOR, FaceCrop, FaceResult, Recognizer, RecognizerConfig  # noqa: F401
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, check_writable_dir
 from fercli.imagestatus import NO_IMAGES_IN_FOLDER, NO_MATCH, path_problem
 from fercli.importers._common import is_image
-from fercli.inference import Classifier, resolve_model
+from fercli.inference import Classifier
 from fercli.progress import Track, no_track
-from fercli.transforms import to_rgb_uint8
 from fercli.workspace import Artifact, Workspace
 
-CLASSIFY_BATCH = 64  # faces per classifier forward pass
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
 
@@ -56,22 +50,21 @@ class PredictConfig:
     margin: float = 0.0
     detect_size: int = 640
     no_detect: bool = False  # each image is already an aligned face
-    every: int = 30  # video: classify every N-th frame
+    every: int = 30  # videos among several inputs (or with --every): classify every N-th frame as a picture
     tta: str | None = None  # none or flip; default: the model's recommendation (Classifier.tta)
     batch_size: int = 8  # images per detector forward pass, as `fer align --batch-size`
     device: str = "auto"
     threads: int | None = None
     runtime: str = "onnxruntime"  # an .onnx model: onnxruntime or openvino (fercli.export.RUNTIMES)
-    annotate: Path | None = None  # write copies with boxes and labels drawn here
-
-
-@dataclass
-class FaceResult:
-    index: int
-    box: list[float] | None  # x1, y1, x2, y2 in the input's pixels (None with --no-detect)
-    score: float | None  # the detector's; None with --no-detect and for haar, which has no score
-    label: str
-    probs: dict[str, float]
+    annotate: Path | None = None  # write copies with boxes and labels drawn here (one video: an .mp4, or a folder)
+    # One video, camera or stream is tracked frame by frame (fercli.video): these options apply there.
+    webcam: int | None = None  # camera index
+    live: bool = False  # read a video file as a live source (its own frame rate, dropping frames when behind)
+    detect_every: int = 1  # detect and classify every K-th frame; the tracker carries boxes in between
+    smooth: float = 0.5  # half-life (seconds) of each track's probability average; 0: raw
+    out: Path | None = None  # folder for frames.csv, frames.jsonl, summary.json, timeline.png
+    show: bool = False  # a window with the annotated frames (--show; --headless is the default)
+    duration: float | None = None  # stop after this many seconds of input
 
 
 @dataclass
@@ -301,13 +294,15 @@ def _place_label(i: int, texts: tuple[str, ...], wanted: int, lo: int, box: Rect
 
 
 def plan_annotation(width: int, height: int, faces: list[FaceResult],
-                    classes: list[str] | tuple[str, ...] | None = None) -> AnnotationPlan:
+                    classes: list[str] | tuple[str, ...] | None = None,
+                    prefixes: list[str] | None = None) -> AnnotationPlan:
     """Lay out boxes, labels and legend for ``faces`` on a ``width`` x ``height`` picture.
 
     Guarantees: every label lies inside the picture and no two labels overlap (a label that finds no
     free place is left out: its box's colour still tells the class). Label text is
     ``TEXT_PER_FACE`` x the face's shorter side, within [max(10 px, 1.5%), 3.5%] of the picture's
-    shorter side, and shrinks (then drops the probability) only to find room.
+    shorter side, and shrinks (then drops the probability) only to find room. ``prefixes`` (one per
+    face) start each label, e.g. a video's track ids ("#3 hap 94%").
     """
     if classes is None:
         classes = list(faces[0].probs) if faces else []
@@ -332,7 +327,8 @@ def plan_annotation(width: int, height: int, faces: list[FaceResult],
         x1, y1, x2, y2 = boxes[i]
         f = faces[i]
         wanted = int(min(hi, max(lo, round(TEXT_PER_FACE * min(x2 - x1, y2 - y1)))))
-        texts = (f"{short[f.label]} {round(100 * f.probs[f.label])}%", short[f.label])
+        pre = prefixes[i] if prefixes else ""  # e.g. a video's track id, "#3 "
+        texts = (f"{pre}{short[f.label]} {round(100 * f.probs[f.label])}%", f"{pre}{short[f.label]}")
         others = boxes[:i] + boxes[i + 1:]
         plans[i] = _place_label(i, texts, wanted, lo, boxes[i], thick[i], W, H, placed, others)
         if plans[i].rect is not None:
@@ -404,65 +400,45 @@ def annotate(image: np.ndarray, faces: list[FaceResult], dest: Path,
     return plan
 
 
+def recognizer_config(cfg: PredictConfig) -> RecognizerConfig:
+    """The :class:`~fercli.api.Recognizer` options of a `fer predict` config."""
+    return RecognizerConfig(
+        model=cfg.model, detector=NO_DETECTOR if cfg.no_detect else cfg.detector, detector_weights=cfg.detector_weights,
+        faces=cfg.faces, min_score=cfg.min_score, min_face_size=cfg.min_face_size, size=cfg.size, margin=cfg.margin,
+        detect_size=cfg.detect_size, tta=cfg.tta, device=cfg.device, threads=cfg.threads, runtime=cfg.runtime)
+
+
 def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             on_model: Any = None) -> PredictResult:
-    """Detect, align and classify every face of every input; see the module docstring."""
+    """Detect, align and classify every face of every input through one :class:`~fercli.api.Recognizer`;
+    see the module docstring."""
     if not cfg.inputs:
         raise FerError("nothing to predict: name image files, folders, glob patterns or videos")
     if cfg.every < 1:
         raise FerError(f"--every must be >= 1, got {cfg.every}")
-    if cfg.tta is not None and cfg.tta not in TTA_MODES:
-        raise FerError(f"--tta must be none or flip, got {cfg.tta!r}")
-    if cfg.faces not in ("all", "largest", "best"):
-        raise FerError(f"--faces must be all, largest or best, got {cfg.faces!r}")
-    check_geometry(cfg.size, cfg.margin)
+    rcfg = recognizer_config(cfg)
+    rcfg.check()
     if cfg.annotate is not None:  # before any work: a bad folder must not cost the predictions
         check_writable_dir(cfg.annotate, "--annotate")
-    model_art = resolve_model(ws, cfg.model)  # its errors say which file was tried and what is wrong with it
-    if on_model is not None:
-        on_model(model_art)
-    device = resolve_device(cfg.device)
-    clf = Classifier.load(model_art.path, device, cfg.threads, runtime=cfg.runtime)
-    tta = cfg.tta if cfg.tta is not None else clf.tta
-    name, why = (cfg.detector, None) if cfg.detector != "auto" else auto_detector(cfg.detector_weights)
-    detector = None if cfg.no_detect else load_detector(name, cfg.detector_weights, device, cfg.detect_size)
+    rec = Recognizer.from_config(rcfg, ws, on_model)  # model errors say which file was tried and what is wrong
 
     results: list[ImageResult] = []
     crops: list[np.ndarray] = []  # uint8 RGB at the classifier's input size, one per face
-    owners: list[tuple[ImageResult, int, list[float] | None, float | None]] = []
+    owners: list[tuple[ImageResult, FaceCrop]] = []
     keep_for_annotation: list[tuple[ImageResult, np.ndarray, float]] = []
     pending: list[tuple[ImageResult, LoadedImage]] = []
 
     def flush() -> None:
         if not pending:
             return
-        found = detector.detect_faces([u.image for _, u in pending], min_score=cfg.min_score) if detector else None
-        for k, (res, unit) in enumerate(pending):
+        for (res, unit), found in zip(pending, rec.detect([u for _, u in pending])):
             if cfg.annotate is not None:
                 keep_for_annotation.append((res, unit.image, unit.scale))
-            if detector is None:
-                crops.append(to_rgb_uint8(unit.image, clf.preprocess.input_size, bgr=unit.image.ndim == 3))
-                owners.append((res, 0, None, None))
-                continue
-            faces = found[k]
-            chosen = select_faces(faces, unit.scale, cfg.faces, cfg.min_face_size)
-            if not chosen:
-                res.status = "no_face"
-                res.reason = ((f"no face with score > {cfg.min_score:g}" if name != HAAR else "no face found by haar")
-                              if not faces else
-                              f"{len(faces)} face(s) found, all smaller than --min-face-size {cfg.min_face_size:g} px")
-                continue
-            for j, i in enumerate(chosen):
-                face = faces[i]
-                if face.landmarks is not None:
-                    crop = align_face(unit.image, face.landmarks, cfg.size, cfg.margin)
-                else:  # a box-only detector (haar): a square crop around the box
-                    x1, y1, x2, y2 = face.box
-                    crop = box_crop(unit.image, np.array([x1, y1, x2 - x1, y2 - y1]), cfg.size, cfg.margin)
-                crops.append(to_rgb_uint8(crop, clf.preprocess.input_size, bgr=crop.ndim == 3))
-                orig = face.scaled(1.0 / unit.scale)
-                score = None if face.score is None else round(float(face.score), 5)  # haar: no score
-                owners.append((res, j, [round(float(v), 2) for v in orig.box], score))
+            if not found.faces:
+                res.status, res.reason = "no_face", found.reason
+            for face in found.faces:
+                crops.append(face.crop)
+                owners.append((res, face))
         pending.clear()
 
     for path, problem in track(expand_inputs(cfg.inputs), "reading inputs"):
@@ -481,14 +457,12 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
     flush()
 
     # Classify every face in batches, with the same normalisation (and calibration) as `fer eval`.
-    probs = np.empty((len(crops), len(clf.classes)))
-    for start in range(0, len(crops), CLASSIFY_BATCH):
-        chunk = np.stack(crops[start:start + CLASSIFY_BATCH])
-        x = normalize(torch.from_numpy(chunk).permute(0, 3, 1, 2), clf.preprocess, device)
-        probs[start:start + len(chunk)] = clf.probs(x, tta_flip=tta == "flip")
-    for (res, j, box, score), p in zip(owners, probs):
-        label = clf.classes[int(p.argmax())]
-        res.faces.append(FaceResult(j, box, score, label, {c: round(float(v), 6) for c, v in zip(clf.classes, p)}))
+    probs = rec.classify(np.stack(crops) if crops else [])
+    k = 0
+    for _, group in itertools.groupby(owners, key=lambda o: id(o[0])):  # one picture's faces are contiguous
+        faces = [face for _, face in group]
+        owners[k][0].faces = rec.results(faces, probs[k:k + len(faces)])
+        k += len(faces)
 
     annotated: list[Path] = []
     annotate_error = None
@@ -508,10 +482,10 @@ def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             used.add(fname)
             dest = Path(cfg.annotate) / fname
             try:
-                annotate(image, res.faces, dest, clf.classes)
+                annotate(image, res.faces, dest, rec.classes)
             except (FerError, OSError) as exc:  # e.g. the disk filled up: the predictions still count
                 annotate_error = f"{dest}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
                 break
             annotated.append(dest)
-    return PredictResult(model_art, clf, results, annotated, None if detector is None else name,
-                         None if detector is None else why, tta, annotate_error)
+    return PredictResult(rec.model, rec.classifier, results, annotated, rec.detector_name, rec.detector_note, rec.tta,
+                         annotate_error)

@@ -32,6 +32,15 @@ def ferplus_dir(shared_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def mobilenet_weights(shared_dir: Path) -> Path:
+    """RetinaFace MobileNet-0.25 weights from shared/ (skipped when absent)."""
+    path = shared_dir / "weights" / "retinaface" / "mobilenet0.25_Final.pth"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty workspace directory, also the current directory and $FER_WORKSPACE."""

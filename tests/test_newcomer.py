@@ -5,7 +5,6 @@ on the way (a broken student, offline detection, slow start-up, small messages).
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -154,6 +153,7 @@ BASE: dict[tuple[str, ...], tuple[dict[str, str], list[str]]] = {
     ("bench",): ({"models": "lfer"}, ["--no-latency"]),
     ("export",): ({}, []),
     ("predict",): ({"inputs": "img.png"}, ["--no-detect"]),
+    ("serve",): ({}, []),  # every bad value is refused before the model loads or a port opens
     ("doctor",): ({}, []),
     ("status",): ({}, []),
     ("demo",): ({}, ["--out", "demo_out", "--tiny"]),

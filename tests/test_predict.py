@@ -33,11 +33,8 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def weights(shared_dir: Path) -> Path:
-    path = shared_dir / "weights" / "retinaface" / "mobilenet0.25_Final.pth"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return path
+def weights(mobilenet_weights: Path) -> Path:
+    return mobilenet_weights
 
 
 @pytest.mark.shared

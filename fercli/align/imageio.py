@@ -36,6 +36,7 @@ _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2
 _REDUCED_GREY = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 _ROTATING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 JPEG_QUALITY = 95
+NOT_AN_IMAGE = "not an image (unrecognised file format)"
 
 
 class ImageProblem(Exception):
@@ -61,7 +62,7 @@ class LoadedImage:
         return self.image.ndim == 2
 
 
-def _header(data: bytes, name: str):
+def _header(data: bytes):
     """(format, (w, h), mode, exif orientation) from the file header, via PIL (no full decode)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -75,7 +76,7 @@ def _header(data: bytes, name: str):
             except Exception:  # a damaged EXIF block is not a damaged image
                 orientation = 1
     except UnidentifiedImageError:
-        raise ImageProblem("unreadable", "not an image (unrecognised file format)") from None
+        raise ImageProblem("unreadable", NOT_AN_IMAGE) from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - MAX_IMAGE_PIXELS is lifted below
         raise ImageProblem("too_large", str(exc)) from None
     except Exception as exc:
@@ -179,16 +180,30 @@ def load_image(path: str | os.PathLike[str], work_max_pixels: int = WORK_MAX_PIX
         data = path.read_bytes()
     except OSError as exc:  # one vocabulary with fer predict: fercli.imagestatus
         raise ImageProblem(*os_problem(exc, path)) from None
+    return decode_image(data, work_max_pixels)
+
+
+def decode_image(data: bytes, work_max_pixels: int = WORK_MAX_PIXELS, max_pixels: int | None = None,
+                 quiet: bool = True) -> LoadedImage:
+    """Decode an encoded image held in memory (what :func:`load_image` reads), or raise :class:`ImageProblem`.
+
+    Everything is checked from the header before any pixel is decoded: not an image (reason
+    :data:`NOT_AN_IMAGE`), empty, truncated, corrupt, or more than ``max_pixels`` pixels (status
+    ``too_large``: a decompression bomb costs no memory). ``quiet`` captures what the C decoders print
+    by redirecting file descriptor 2 through a temporary file; servers pass False, since that
+    redirection is process-wide and they decode in several threads.
+    """
     if not data:
         raise ImageProblem("unreadable", EMPTY_FILE)
-    fmt, (w0, h0), mode, orientation = _header(data, path.name)
+    fmt, (w0, h0), mode, orientation = _header(data)
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    if w0 * h0 > max_pixels:  # before the truncation check, which may decode
+        raise ImageProblem("too_large", f"{w0}x{h0} pixels is more than the {max_pixels / 1e6:g} MP limit")
     # Damage is found before OpenCV decodes: libpng and libjpeg would print their own complaints.
     if _truncated(data, fmt):
         raise ImageProblem("unreadable", f"truncated {fmt or 'image'} file ({len(data)} bytes)")
     if fmt == "PNG":
         _verify_png(data)
-    if w0 * h0 > MAX_PIXELS:
-        raise ImageProblem("too_large", f"{w0}x{h0} pixels is more than the {MAX_PIXELS // 1_000_000} MP limit")
     notes: list[str] = []
     if orientation in range(2, 9):
         notes.append(f"EXIF orientation {orientation} applied")
@@ -202,8 +217,13 @@ def load_image(path: str | os.PathLike[str], work_max_pixels: int = WORK_MAX_PIX
     if fmt == "JPEG" and w0 * h0 > work_max_pixels:
         while reduce < 8 and w0 * h0 / (reduce * 2) ** 2 >= work_max_pixels / 4 and w0 * h0 / reduce**2 > work_max_pixels:
             reduce *= 2
-    with _quiet_c_stderr() as said:
-        img = cv2.imdecode(buf, (_REDUCED_GREY if grey_src else _REDUCED)[reduce] if reduce > 1 else _FLAGS)
+    flags = (_REDUCED_GREY if grey_src else _REDUCED)[reduce] if reduce > 1 else _FLAGS
+    said: list[str] = []
+    if quiet:
+        with _quiet_c_stderr() as said:
+            img = cv2.imdecode(buf, flags)
+    else:
+        img = cv2.imdecode(buf, flags)
     if img is None or img.size == 0:
         detail = f" ({said[0]})" if said else ""
         raise ImageProblem("unreadable", f"cannot decode {fmt or 'image'} data{detail}")

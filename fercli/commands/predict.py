@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.config import build_config
+from fercli.errors import FerError
 
 EXAMPLE = """Examples:
 
@@ -22,7 +23,13 @@ EXAMPLE = """Examples:
 
   fer predict photos/ 'more/*.png' --model student/best.pt --detector retinaface-mobilenet --detector-weights mobilenet0.25_Final.pth --json
 
-  fer predict clip.mp4 --every 15 --annotate annotated/ --csv
+  fer predict clip.mp4 --annotate clip_annotated.mp4 --out clip_fer/   # tracked faces, smoothed, every frame
+
+  fer predict --webcam --show --smooth 1 --out session/                  # camera 0; Ctrl-C ends cleanly
+
+  fer predict rtsp://camera.local/stream --detect-every 3 --jsonl > rows.jsonl
+
+  fer predict clip.mp4 --every 15 --annotate annotated/ --csv            # every 15th frame as a picture
 
   fer predict aligned/train/happiness/*.png --no-detect --model export/model.onnx
 """
@@ -30,7 +37,7 @@ EXAMPLE = """Examples:
 
 def predict(
     ctx: typer.Context,
-    inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or video files."),
+    inputs: Optional[list[str]] = typer.Argument(None, help="Image files, folders, glob patterns, or one video file or stream URL (rtsp://, http://); with --webcam, the camera index (0)."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student]."),
     detector: Optional[str] = typer.Option(None, "--detector", help="auto (a RetinaFace whose weights are cached, else haar), retinaface-resnet50, retinaface-mobilenet or haar (OpenCV, offline, boxes only)."),
     detector_weights: Optional[Path] = typer.Option(None, "--detector-weights", help="Detector weights file."),
@@ -41,27 +48,52 @@ def predict(
     margin: Optional[float] = typer.Option(None, "--margin", help="Alignment margin, as fer align --margin."),
     detect_size: Optional[int] = typer.Option(None, "--detect-size", help="Longest side of the detector input."),
     no_detect: Optional[bool] = typer.Option(None, "--no-detect", help="Treat each image as an aligned face."),
-    every: Optional[int] = typer.Option(None, "--every", help="Videos: classify every N-th frame (30)."),
+    every: Optional[int] = typer.Option(None, "--every", help="Videos as pictures: classify every N-th frame (30), untracked; the default for videos among several inputs."),
     tta: Optional[str] = typer.Option(None, "--tta", help="none or flip \\[default: the model's recommendation]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector pass."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="An exported .onnx model runs on onnxruntime or openvino (pip install openvino; CPU) \\[default: onnxruntime]."),
-    annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes, compact labels (hap 94%) and a legend into this folder."),
+    annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes, compact labels (hap 94%) and a legend into this folder; for one video, an .mp4 (or a folder for NAME_annotated.mp4) with track ids and smoothed labels."),
+    webcam: bool = typer.Option(False, "--webcam", help="Read a camera: --webcam (camera 0) or --webcam N."),
+    detect_every: Optional[int] = typer.Option(None, "--detect-every", help="Video: detect and classify every K-th frame; the tracker carries boxes in between (1)."),
+    smooth: Optional[float] = typer.Option(None, "--smooth", help="Video: half-life in seconds of each track's probability average, on the video's timestamps; 0: raw (0.5)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Video: write frames.csv, frames.jsonl, summary.json and timeline.png into this folder."),
+    show: Optional[bool] = typer.Option(None, "--show/--headless", help="Video: show the annotated frames in a window (q stops), or not \\[default: headless]."),
+    live: Optional[bool] = typer.Option(None, "--live", help="Read a video file as a live source: at its frame rate, dropping frames when processing falls behind."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Video: stop after this many seconds of input."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[predict] table."),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per input picture."),
-    csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face."),
+    csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face (video: per frame and track, as processed)."),
+    jsonl_out: bool = typer.Option(False, "--jsonl", help="Video: one JSON line per frame and track, as processed."),
 ) -> None:
     """Detect, align and classify every face; exit code 1 if any input could not be used."""
+    from fercli.commands import predict_video
     from fercli.predict import PredictConfig
     from fercli.predict import predict as run_predict
 
     ws = _ui.state(ctx).workspace
+    inputs = list(inputs or [])
+    camera = None
+    if webcam:  # `fer predict --webcam 1`: the index arrives as the positional argument
+        if len(inputs) > 1 or (inputs and not inputs[0].isdigit()):
+            raise FerError(f"--webcam takes a camera index (0, 1, ...), not a file or URL: got {' '.join(inputs)!r}")
+        camera, inputs = int(inputs[0]) if inputs else 0, []
     cfg = build_config(PredictConfig, "predict", dict(
-        inputs=tuple(inputs), model=model, detector=detector, detector_weights=detector_weights, faces=faces,
+        inputs=tuple(inputs), webcam=camera, detect_every=detect_every, smooth=smooth, out=out, show=show, live=live,
+        duration=duration, model=model, detector=detector, detector_weights=detector_weights, faces=faces,
         min_score=min_score, min_face_size=min_face_size, size=size, margin=margin, detect_size=detect_size,
         no_detect=no_detect, every=every, tta=tta, batch_size=batch_size, device=device, threads=threads,
         runtime=runtime, annotate=annotate), ws, config)
+    video_only = {"--webcam": webcam, "--detect-every": detect_every, "--smooth": smooth, "--out": out, "--show": show,
+                  "--live": live, "--duration": duration, "--jsonl": jsonl_out or None}
+    if predict_video.is_video_run(cfg) and every is None:
+        predict_video.run(ctx, cfg, ws, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out)
+        return
+    given = [k for k, v in video_only.items() if v not in (None, False)]
+    if given:
+        why = "with --every, videos are read as pictures" if every is not None else f"got {len(cfg.inputs)} inputs"
+        raise FerError(f"{given[0]} applies to one video file, stream or camera ({why})")
     res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
     if res.detector is not None:
         _ui.say(ctx, f"[dim]detector:[/] {res.detector}" + (f" (auto: {res.detector_note})" if res.detector_note else ""))

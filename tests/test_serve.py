@@ -1,0 +1,235 @@
+"""`fer serve` through FastAPI's test client: every endpoint, every error path, parity with `fer predict`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fercli import Recognizer
+from fercli.errors import FerError
+from fercli.inference import bundled_model
+from fercli.serve import MicroBatcher, ServeConfig, create_app, is_loopback
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),  # many tiny forward passes on a shared machine
+              pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")]
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> Recognizer:
+    """No detector: each image is one face (the hostile-upload tests never get as far as detection)."""
+    return Recognizer(detector="none", device="cpu", workspace=tmp_path_factory.mktemp("serve_ws"))
+
+
+@pytest.fixture(scope="module")
+def rec(mobilenet_weights: Path, tmp_path_factory) -> Recognizer:
+    return Recognizer(detector="retinaface-mobilenet", detector_weights=mobilenet_weights, device="cpu",
+                      workspace=tmp_path_factory.mktemp("serve_ws"))
+
+
+@contextmanager
+def client(rec: Recognizer, **options):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ServeConfig(**options), rec)) as c:
+        yield c
+
+
+def png(width: int, height: int, idat: bytes | None = None) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` grey pixels (the data need not match)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = idat if idat is not None else zlib.compress(b"\0" * 1024)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def face_png(size: int = 64) -> bytes:
+    import cv2
+
+    img = np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)
+    return cv2.imencode(".png", img)[1].tobytes()
+
+
+@pytest.mark.shared
+def test_predict_upload_and_raw_bytes(rec: Recognizer, shared_dir: Path):
+    photo = (shared_dir / "faces" / "astronaut.png").read_bytes()
+    with client(rec) as c:
+        up = c.post("/v1/predict?top_k=2", files={"file": ("../../etc/passwd", photo, "image/png")})  # names are ignored
+        raw = c.post("/v1/predict?top_k=2", content=photo, headers={"Content-Type": "application/octet-stream"})
+    assert up.status_code == raw.status_code == 200, up.text
+    body = up.json()
+    assert body == raw.json()
+    assert body["model"]["sha256"] == rec.sha256 and body["detector"] == "retinaface-mobilenet"
+    (face,) = body["faces"]
+    assert face["label"] == "happiness" and len(face["landmarks"]) == 5 and face["score"] > 0.99
+    assert [t["label"] for t in face["top"]][0] == "happiness" and len(face["top"]) == 2
+    assert abs(sum(face["probs"].values()) - 1) < 1e-4 and body["faces_capped"] is False
+
+
+@pytest.mark.shared
+def test_same_answer_as_fer_predict_json(rec: Recognizer, shared_dir: Path, runner, workspace: Path):
+    from fercli.cli import app
+
+    photo = shared_dir / "faces" / "group_children.jpg"
+    res = runner.invoke(app, ["predict", str(photo), "--model", str(bundled_model()), "--detector",
+                              "retinaface-mobilenet", "--detector-weights", str(rec.config.detector_weights), "--json"])
+    assert res.exit_code == 0, res.output
+    cli_faces = json.loads(res.stdout)[0]["faces"]
+    with client(rec) as c:
+        served = c.post("/v1/predict", files={"file": ("x.jpg", photo.read_bytes(), "image/jpeg")}).json()["faces"]
+    assert len(served) == len(cli_faces) >= 8
+    for s, f in zip(served, cli_faces):
+        assert s["box"] == f["box"] and s["score"] == f["score"] and s["label"] == f["label"]
+        assert all(abs(s["probs"][k] - f["probs"][k]) <= 1e-5 for k in f["probs"])
+
+
+@pytest.mark.shared
+def test_batch_endpoint_and_face_cap(rec: Recognizer, shared_dir: Path):
+    faces = shared_dir / "faces"
+    files = [("files", (n, (faces / n).read_bytes(), "image/jpeg")) for n in ("group_children.jpg", "no_face_road.jpg")]
+    with client(rec, max_faces=3, max_images=3) as c:
+        r = c.post("/v1/predict/batch", files=[*files, ("files", ("junk", b"GIF89a-no", "image/gif"))])
+        assert r.status_code == 200, r.text
+        group, road, junk = r.json()["results"]
+        assert group["status"] == "ok" and len(group["faces"]) == 3 and group["faces_capped"] and group["faces_found"] >= 8
+        assert road["status"] == "ok" and road["faces"] == [] and road["reason"].startswith("no face")
+        assert junk["status"] == "error" and junk["http_status"] in (415, 422)
+        too_many = c.post("/v1/predict/batch", files=files * 2)
+        assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "too_many_images"
+
+
+def test_model_health_metrics_page(plain: Recognizer):
+    with client(plain) as c:
+        assert c.get("/healthz").json() == {"status": "ok", "sha256": plain.sha256}
+        card = c.get("/v1/model").json()
+        assert card["classes"] == list(plain.classes) and card["sha256"] == plain.sha256
+        assert card["input_size"] == plain.classifier.preprocess.input_size and card["temperature"] == plain.classifier.temperature
+        assert card["limits"]["max_upload_mb"] == 10 and card["detector"] is None
+        ok = c.post("/v1/predict", content=face_png())
+        assert ok.status_code == 200 and ok.json()["faces"][0]["box"] is None and ok.json()["detector"] is None
+        c.post("/v1/predict", content=b"garbage")
+        text = c.get("/metrics").text
+        page = c.get("/")
+    assert 'fer_http_requests_total{endpoint="/v1/predict",status="200"} 1.0' in text
+    assert 'fer_http_requests_total{endpoint="/v1/predict",status="415"} 1.0' in text
+    assert "fer_http_request_duration_seconds_bucket" in text and "fer_faces_per_request_count 1.0" in text
+    assert "fer_batch_faces_count 1.0" in text
+    assert page.status_code == 200 and "getUserMedia" in page.text and "http://" not in page.text.replace(
+        "http://www.w3.org", "")  # offline: nothing loaded from elsewhere
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_hostile_uploads_each_get_a_clear_error(plain: Recognizer):
+    good = face_png()
+    cases = {
+        "oversize": (b"\xff" * 20_000, 413, "upload_too_large"),
+        "bomb": (png(30000, 30000), 413, "too_many_pixels"),  # a tiny file declaring 900 MP
+        "big header": (png(9000, 9000), 413, "too_many_pixels"),  # 81 MP: over --max-megapixels 40
+        "not an image": (b"%PDF-1.4 hello", 415, "not_an_image"),
+        "truncated": (good[: len(good) // 2], 422, "unreadable_image"),
+        "empty": (b"", 422, "no_image"),
+    }
+    with client(plain, max_upload_mb=0.01) as c:
+        for name, (body, status, code) in cases.items():
+            r = c.post("/v1/predict", content=body, headers={"Content-Type": "image/png"})
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), name
+        streamed = c.post("/v1/predict", content=iter([b"\0" * 8000] * 3))  # chunked: no Content-Length to check
+        assert streamed.status_code == 413
+        bad_form = c.post("/v1/predict", content=b"--x\r\nnot a part", headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert bad_form.status_code in (400, 422)
+        assert c.post("/v1/predict?min_score=3").json()["error"]["code"] == "invalid_option"
+        assert c.post("/v1/predict?detector=retinaface-resnet50&detect=true", content=good).status_code == 422
+        assert c.post("/v1/predict", content=good).status_code == 200  # the server is still fine
+
+
+def test_api_key_required_off_loopback_and_checked(plain: Recognizer):
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    with pytest.raises(FerError, match="--api-key"):
+        ServeConfig(host="0.0.0.0").check()
+    ServeConfig(host="0.0.0.0", api_key="s3cret-key").check()
+    with client(plain, api_key="s3cret-key") as c:
+        assert c.post("/v1/predict", content=face_png()).status_code == 401
+        wrong = c.post("/v1/predict", content=face_png(), headers={"X-API-Key": "s3cret-kez"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+        assert c.get("/metrics").status_code == 401
+        assert c.post("/v1/predict", content=face_png(), headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        assert c.get("/v1/model", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200
+
+
+def test_cors_is_off_unless_asked(plain: Recognizer):
+    ask = {"Origin": "https://app.example.org", "Access-Control-Request-Method": "POST"}
+    with client(plain) as c:
+        assert "access-control-allow-origin" not in c.options("/v1/predict", headers=ask).headers
+        assert "access-control-allow-origin" not in c.get("/v1/model", headers={"Origin": ask["Origin"]}).headers
+    with client(plain, cors=("https://app.example.org",)) as c:
+        assert c.options("/v1/predict", headers=ask).headers["access-control-allow-origin"] == "https://app.example.org"
+
+
+def test_timeout_and_a_failing_request_leave_the_server_up(plain: Recognizer, monkeypatch: pytest.MonkeyPatch):
+    real = plain.classify
+    calls = []
+
+    def flaky(crops, tta=None):
+        calls.append(len(crops))
+        if len(calls) == 1:
+            time.sleep(0.6)  # past the time limit
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(crops, tta)
+
+    monkeypatch.setattr(plain, "classify", flaky)
+    with client(plain, timeout_s=0.3) as c:
+        slow = c.post("/v1/predict", content=face_png())
+        assert (slow.status_code, slow.json()["error"]["code"]) == (503, "timeout")
+        time.sleep(0.4)
+        broken = c.post("/v1/predict", content=face_png())
+        assert (broken.status_code, broken.json()["error"]["code"]) == (500, "internal_error")
+        assert c.post("/v1/predict", content=face_png()).status_code == 200
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_micro_batcher_groups_concurrent_requests(max_batch: int):
+    passes: list[int] = []
+
+    def classify(crops: np.ndarray, tta: str) -> np.ndarray:
+        passes.append(len(crops))
+        time.sleep(0.01)
+        return crops[:, :1, 0, 0].astype(float)  # each crop's own marker: results must go back to their owner
+
+    async def main() -> list[np.ndarray]:
+        b = MicroBatcher(classify, max_batch=max_batch, max_wait_ms=20)
+        b.start()
+        try:
+            jobs = [np.full((1 + i % 2, 2, 2, 3), i, np.uint8) for i in range(10)]
+            return await asyncio.gather(*(b.classify(j, "none") for j in jobs))
+        finally:
+            await b.stop()
+
+    out = asyncio.run(main())
+    assert [r[:, 0].tolist() for r in out] == [[i] * (1 + i % 2) for i in range(10)]
+    assert sum(passes) == 15 and (max(passes) <= max_batch or max_batch == 1)
+    if max_batch == 1:
+        assert len(passes) == 10  # a 2-face job larger than the batch runs alone
+    else:
+        assert len(passes) <= 6
+
+
+def test_fer_serve_command_refuses_bad_options_in_one_line(runner, workspace: Path):
+    from fercli.cli import app
+
+    for args, text in ((["--host", "0.0.0.0"], "--api-key"), (["--max-batch", "0"], "--max-batch"),
+                       (["--cors", "example.org"], "--cors"), (["--detector", "yolo"], "--detector")):
+        res = runner.invoke(app, ["serve", *args], env={"FER_API_KEY": ""})
+        assert res.exit_code == 1 and text in res.output and "Traceback" not in res.output, (args, res.output)
+    res = runner.invoke(app, ["serve", "--help"])
+    assert res.exit_code == 0 and "--max-upload-mb" in res.output and "FER_API_KEY" in res.output
