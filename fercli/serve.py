@@ -593,12 +593,30 @@ ENDPOINTS = frozenset({"/", "/v1/predict", "/v1/predict/batch", "/v1/model", "/h
                        "/openapi.json"})
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error when ``host:port`` cannot be bound (uvicorn would fail only after the model
+    loaded, with its own log line). Port 0 (any free port) is always fine."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise FerError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}): stop what uses "
+                           "it, or pass another --port") from None
+
+
 def serve(cfg: ServeConfig, ws: Workspace, on_model: Callable[[Artifact], Any] | None = None,
           on_ready: Callable[[Recognizer], Any] | None = None) -> None:
     """Load the model and detector, then serve until interrupted (uvicorn, one process)."""
     import uvicorn
 
     cfg.check()
+    check_port_free(cfg.host, cfg.port)  # before the model loads, and before "serving on" is printed
     rec = Recognizer.from_config(cfg.recognizer_config(), ws, on_model)
     if on_ready is not None:
         on_ready(rec)

@@ -233,3 +233,18 @@ def test_fer_serve_command_refuses_bad_options_in_one_line(runner, workspace: Pa
         assert res.exit_code == 1 and text in res.output and "Traceback" not in res.output, (args, res.output)
     res = runner.invoke(app, ["serve", "--help"])
     assert res.exit_code == 0 and "--max-upload-mb" in res.output and "FER_API_KEY" in res.output
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(runner, workspace: Path, monkeypatch):
+    import socket
+
+    from fercli.cli import app
+
+    monkeypatch.setenv("FER_BUNDLED_MODEL", "none")  # no model to load: the port is checked first
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        res = runner.invoke(app, ["serve", "--port", str(port)])
+    assert res.exit_code == 1 and f"--port {port}: cannot listen on 127.0.0.1:{port}" in res.output, res.output
+    assert "pass another --port" in res.output and "serving on" not in res.output

@@ -179,7 +179,7 @@ def test_live_input_and_ctrl_c(tmp_path: Path, shared_dir: Path, mobilenet_weigh
     (["clip.mp4", "--detect-every", "0"], "error: --detect-every must be an integer >= 1, got 0"),
     (["clip.mp4", "--duration", "0"], "error: --duration must be in (0, inf], got 0.0"),
     (["--webcam", "clip.mp4"], "error: --webcam takes a camera index (0, 1, ...), not a file or URL: got 'clip.mp4'"),
-    (["face.png", "--smooth", "1"], "error: --smooth applies to one video file, stream or camera (got 1 inputs)"),
+    (["face.png", "--smooth", "1"], "error: --smooth applies to one video file, stream or camera (face.png is not a video file, stream URL or camera)"),
     (["clip.mp4", "--every", "5", "--jsonl"], "error: --jsonl applies to one video file, stream or camera (with --every"),
     (["clip.mp4", "--csv", "--jsonl"], "error: --csv and --jsonl both write to stdout"),
     (["clip.mp4", "--annotate", "x.avi"], "error: --annotate x.avi: the annotated video is written as MP4"),

@@ -77,7 +77,8 @@ def predict(
     camera = None
     if webcam:  # `fer predict --webcam 1`: the index arrives as the positional argument
         if len(inputs) > 1 or (inputs and not inputs[0].isdigit()):
-            raise FerError(f"--webcam takes a camera index (0, 1, ...), not a file or URL: got {' '.join(inputs)!r}")
+            raise FerError("--webcam takes a camera index (0, 1, ...), not a file or URL: got "
+                           + " ".join(repr(i) for i in inputs))
         camera, inputs = int(inputs[0]) if inputs else 0, []
     cfg = build_config(PredictConfig, "predict", dict(
         inputs=tuple(inputs), webcam=camera, detect_every=detect_every, smooth=smooth, out=out, show=show, live=live,
@@ -92,7 +93,12 @@ def predict(
         return
     given = [k for k, v in video_only.items() if v not in (None, False)]
     if given:
-        why = "with --every, videos are read as pictures" if every is not None else f"got {len(cfg.inputs)} inputs"
+        if every is not None:
+            why = "with --every, videos are read as pictures"
+        elif len(cfg.inputs) == 1:  # one input, but not a video (a picture, a folder, a text file ...)
+            why = f"{cfg.inputs[0]} is not a video file, stream URL or camera"
+        else:
+            why = f"got {len(cfg.inputs)} inputs"
         raise FerError(f"{given[0]} applies to one video file, stream or camera ({why})")
     res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
     if res.detector is not None:
