@@ -18,11 +18,11 @@ import _common as c
 
 from fercli.checkpoint import load_checkpoint
 from fercli.fileio import atomic_path, sha256_file
-from fercli.inference import BUNDLED_MODEL as _CURRENT
+from fercli.inference import BUNDLED_MODEL
 
 # The first bundled model (the paper protocol's). It keeps its own file name: since the recipe study's
 # model (bundle_recipe.py) became the package default, this script must never write over that one.
-BUNDLED_MODEL = _CURRENT.parent / "ferplus8_lfer_ldl_fp16.pt"
+FIRST_MODEL = BUNDLED_MODEL.parent / "ferplus8_lfer_ldl_fp16.pt"
 
 CANDIDATES = (("ablation", "lfer_ldl-s*"), ("budget", "lfer_ldl-e*"))
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "weight_decay", "seed", "beta", "input_size")
@@ -41,22 +41,22 @@ def run() -> dict:
         raise SystemExit("no finished lfer_ldl runs: run experiments/ablation.py first")
     name = max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])
     done = c.read_result(c.RESULTS / "bundled.json")
-    if (done and done["source_run"] == name and "recipe" in done and BUNDLED_MODEL.is_file()
-            and sha256_file(BUNDLED_MODEL) == done["sha256"]):
+    if (done and done["source_run"] == name and "recipe" in done and FIRST_MODEL.is_file()
+            and sha256_file(FIRST_MODEL) == done["sha256"]):
         c.log.info("bundled model already from %s (sha256 matches results/bundled.json); skipped", name)
         return done
     source = c.WS / "runs" / name / "best.pt"
-    out = c.WS / "bundle" / BUNDLED_MODEL.name
+    out = c.WS / "bundle" / FIRST_MODEL.name
     logfile = c.WS / "logs" / "bundle.log"
     export = c.fer("export", source, "--format", "checkpoint", "--half", "--out", out, "--json", logfile=logfile)
     scores = c.evaluate(out, out.parent, logfile)
-    with atomic_path(BUNDLED_MODEL) as tmp:
+    with atomic_path(FIRST_MODEL) as tmp:
         shutil.copyfile(out, tmp)
-    size = BUNDLED_MODEL.stat().st_size
-    ckpt = load_checkpoint(BUNDLED_MODEL)  # the recipe as the checkpoint itself records it
+    size = FIRST_MODEL.stat().st_size
+    ckpt = load_checkpoint(FIRST_MODEL)  # the recipe as the checkpoint itself records it
     result = {
-        "file": BUNDLED_MODEL.relative_to(c.ROOT).as_posix(), "bytes": size,
-        "sha256": sha256_file(BUNDLED_MODEL), "source_run": name,
+        "file": FIRST_MODEL.relative_to(c.ROOT).as_posix(), "bytes": size,
+        "sha256": sha256_file(FIRST_MODEL), "source_run": name,
         "source_command": runs[name]["command"],
         "recipe": {k: ckpt["config"][k] for k in RECIPE_KEYS},
         "best_epoch": runs[name]["train"]["best_epoch"],

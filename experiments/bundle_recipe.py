@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import bundle  # the first bundled model, which the robustness comparison is against
 import numpy as np
 import recipe
 import torch
@@ -43,7 +44,6 @@ from fercli.transforms import preset_from_meta
 from fercli.workspace import Workspace
 
 NEW_NAME = "ferplus8_lfer_v2_fp16.pt"
-PREVIOUS_NAME = "ferplus8_lfer_ldl_fp16.pt"  # the first bundled model (experiments/bundle.py), for the robustness comparison
 TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 MAX_ACC_DROP = 0.01  # the operating point may cost at most 1 point of holdout accuracy
 RECIPE_KEYS = ("arch", "epochs", "batch_size", "lr", "nesterov", "sched", "warmup_epochs", "weight_decay", "augment",
@@ -160,7 +160,7 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
 
 def main() -> None:
     p = c.parser(__doc__)
-    p.add_argument("--previous", type=Path, default=BUNDLED_MODEL.parent / PREVIOUS_NAME, help="the model to compare robustness with")
+    p.add_argument("--previous", type=Path, default=bundle.FIRST_MODEL, help="the model to compare robustness with")
     p.add_argument("--run", help="bundle this run instead of the best holdout candidate")
     p.add_argument("--dest", type=Path, default=BUNDLED_MODEL.parent / NEW_NAME, help="where the bundled file goes")
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness comparison (smoke tests)")
