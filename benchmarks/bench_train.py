@@ -31,7 +31,7 @@ from fercli.data import normalize  # noqa: E402
 from fercli.importers import ImportConfig, run_import  # noqa: E402
 from fercli.losses import LFERLoss, LossConfig  # noqa: E402
 from fercli.models import create_model  # noqa: E402
-from fercli.training import TrainConfig, fit, prepare_data  # noqa: E402
+from fercli.training import TrainConfig, run_train, prepare_data  # noqa: E402
 from fercli.transforms import Preprocess  # noqa: E402
 from fercli.workspace import Workspace  # noqa: E402
 
@@ -81,7 +81,7 @@ def main() -> None:
     bare, engine = [], []
     for _ in range(args.repeats):
         bare.append(bare_loop(x, y, args.arch, args.batch, 0.01))
-        engine.append(fit(TrainConfig(**cfg), ws).history[-1]["images_per_s"])
+        engine.append(run_train(TrainConfig(**cfg), ws).history[-1]["images_per_s"])
     result = {
         "arch": args.arch, "size": args.size, "images": len(y), "batch": args.batch, "threads": args.threads,
         "torch": str(torch.__version__), "bare_images_per_s": bare, "engine_images_per_s": engine,

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fercli.bench import environment, time_interleaved  # noqa: E402
 from fercli.checkpoint import model_from_checkpoint  # noqa: E402
-from fercli.evaluation import EvalConfig, evaluate  # noqa: E402
+from fercli.evaluation import EvalConfig, run_eval  # noqa: E402
 from fercli.export import ExportConfig, onnx_with_meta, read_export_meta, run_export, runtime_session  # noqa: E402
 from fercli.quantize import load_calibration, profile_ops, quantize_bytes  # noqa: E402
 from fercli.workspace import Workspace  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> None:
     if not args.no_eval:
         for name, path in files.items():
             t = time.time()
-            rep = evaluate(EvalConfig(model=path, manifest=args.data, split=args.split, out=work / "eval" / name.replace(" ", "_"),
+            rep = run_eval(EvalConfig(model=path, manifest=args.data, split=args.split, out=work / "eval" / name.replace(" ", "_"),
                                       workers=0, threads=args.threads, device="cpu"), ws).report
             acc[name] = {"accuracy": rep["accuracy"], "mean_class_accuracy": rep["mean_class_accuracy"], "images": rep["images"],
                          "tta": rep["tta"], "temperature": rep["temperature"]}

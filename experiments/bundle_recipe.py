@@ -132,7 +132,7 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
                   "--json", logfile=logfile)
     robust: dict[str, Any] = {}
     for label, model_path in (("new", dest), ("previous", previous)):
-        robust[label] = run_robustness(model_path, c.MANIFEST8, "test", out=work / f"robustness-{label}", workspace=ws,
+        robust[label] = run_robustness(model_path, c.MANIFEST8, "test", out=work / f"robustness-{label}", ws=ws,
                                        track=no_track) if robustness else None
     return {
         "file": dest.relative_to(c.ROOT).as_posix() if dest.is_relative_to(c.ROOT) else str(dest), "bytes": dest.stat().st_size, "sha256": sha256_file(dest),

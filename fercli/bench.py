@@ -94,7 +94,7 @@ class BenchModel:
 
 
 @dataclass
-class BenchReport:
+class BenchResult:
     threads: int
     counter: str = COUNTER
     cost: list[dict[str, Any]] = field(default_factory=list)
@@ -304,7 +304,7 @@ def time_interleaved(runners: dict[Any, Callable[[], Any]], warmup: int, reps: i
     return times
 
 
-def run_bench(cfg: BenchConfig, track: Track = no_track) -> BenchReport:
+def run_bench(cfg: BenchConfig, track: Track = no_track) -> BenchResult:
     """Count every model's cost at every size and time it on every backend, device and batch size."""
     for b in cfg.backends:
         if b not in BACKENDS:
@@ -325,10 +325,10 @@ def run_bench(cfg: BenchConfig, track: Track = no_track) -> BenchReport:
         torch.set_num_threads(old_threads)
 
 
-def _run(cfg: BenchConfig, track: Track) -> BenchReport:
+def _run(cfg: BenchConfig, track: Track) -> BenchResult:
     threads = torch.get_num_threads()
     models = resolve_models(cfg.models, cfg.num_classes)
-    report = BenchReport(threads=threads, environment=environment())
+    report = BenchResult(threads=threads, environment=environment())
     sizes_of = {m.label: list(cfg.sizes) or [m.input_size] for m in models}
     for m in models:
         if m.model is None:  # an ONNX file: no PyTorch graph to count

@@ -311,7 +311,7 @@ class CalibrateResult:
                 "previous_temperature": self.previous, "before": self.before, "after": self.after, "ece_bins": ECE_BINS}
 
 
-def calibrate(cfg: CalibrateConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
+def run_calibrate(cfg: CalibrateConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
               on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> CalibrateResult:
     """Fit a checkpoint's temperature on one labelled split and write the checkpoint with it.
 
@@ -380,7 +380,7 @@ def calibrate(cfg: CalibrateConfig, ws: Workspace, track: Track = no_track, comm
 
 
 __all__ = [
-    "DEFAULT_TEMPERATURE", "DEFAULT_TTA", "ECE_BINS", "TTA_MODES", "CalibrateConfig", "CalibrateResult", "calibrate",
+    "DEFAULT_TEMPERATURE", "DEFAULT_TTA", "ECE_BINS", "TTA_MODES", "CalibrateConfig", "CalibrateResult", "run_calibrate",
     "calibration_bins", "calibration_summary", "check_temperature", "check_tta", "expected_calibration_error",
     "fit_temperature", "model_temperature", "model_tta", "nll", "plot_reliability", "softmax", "split_logits",
     "temperature_for",

@@ -319,7 +319,7 @@ def validate_predict(cfg: Any) -> None:
         writable("--out", cfg.out, folder=True)
 
 
-@_validator("fercli.importers._common.ImportConfig")
+@_validator("fercli.importers.base.ImportConfig")
 def validate_import(cfg: Any) -> None:
     from fercli.importers import FORMATS, parse_split_renames
 
@@ -361,7 +361,7 @@ def validate_eval(cfg: Any) -> None:
         check_options(cfg.robustness, cfg.corruptions, cfg.robustness_seed)
 
 
-@_validator("fercli.labels.GenLabelsConfig")
+@_validator("fercli.gen_labels.GenLabelsConfig")
 def validate_gen_labels(cfg: Any) -> None:
     from fercli.schema import SPLITS
 

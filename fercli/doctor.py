@@ -1,9 +1,9 @@
 """`fer doctor`'s diagnosis: what is installed, what the machine offers, which weights are cached.
 
-:func:`diagnose` returns a :class:`Report`: a list of :class:`Check` rows grouped into sections
+:func:`run_doctor` returns a :class:`DoctorResult`: a list of :class:`Check` rows grouped into sections
 (:data:`SECTIONS`). Each row has a status — ``ok``, ``missing`` (an optional part is absent) or
 ``warning`` (present but wrong, or a required part that is absent) — and, when it is not ``ok``,
-the one command or action that fixes it. :attr:`Report.ok` is False only when a *required* part is
+the one command or action that fixes it. :attr:`DoctorResult.ok` is False only when a *required* part is
 missing or unusable; the CLI then exits with 1, otherwise with 0 (the doctor only diagnoses).
 
 Nothing here downloads, writes or loads weights: files are only looked up where the stages would
@@ -64,7 +64,7 @@ class Check:
 
 
 @dataclass
-class Report:
+class DoctorResult:
     """All checks, in section order."""
 
     checks: list[Check] = field(default_factory=list)
@@ -246,7 +246,7 @@ def _dist_names() -> set[str]:
 
 def _import_retinaface() -> str:
     """Import what the detectors use from ``retinaface``; returns the module's directory."""
-    from retinaface import net, network  # noqa: F401  (exactly what fercli.align.mobilenet imports)
+    from retinaface import net, network  # noqa: F401  (exactly what fercli.align.retinaface_nets imports)
 
     return str(Path(net.__file__).resolve().parent)
 
@@ -381,13 +381,13 @@ def check_workspace(workspace: Workspace | None, error: str | None = None) -> li
     return checks
 
 
-def diagnose(workspace: Workspace | None = None, workspace_error: str | None = None) -> Report:
+def run_doctor(ws: Workspace | None = None, workspace_error: str | None = None) -> DoctorResult:
     """Run every check; see the module docstring. Never raises for a missing part."""
-    return Report([
+    return DoctorResult([
         *check_packages(),
         *check_compute(),
         *check_detectors(),
         *check_imagenet(),
         *check_bundled(),
-        *check_workspace(workspace, workspace_error),
+        *check_workspace(ws, workspace_error),
     ])

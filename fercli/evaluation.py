@@ -136,7 +136,7 @@ def _csv_text(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def evaluate(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
+def run_eval(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
              on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> EvalResult:
     """Score a model on one split and write the report files (see the module docstring)."""
     if cfg.split not in SPLITS:

@@ -297,7 +297,7 @@ def check_onnx_parity(data: bytes, model: nn.Module, meta: dict[str, Any], cfg: 
     return parity
 
 
-def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[str] | Artifact | None = None,
+def run_export(cfg: ExportConfig, ws: Workspace, ckpt: str | os.PathLike[str] | Artifact | None = None,
                command: str | None = None) -> tuple[ExportResult, Artifact]:
     """Export a checkpoint (default: the workspace's student), check parity, write it and its sidecar.
 
@@ -312,13 +312,13 @@ def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[
         from fercli.quantize import check_options, run_quantized_export
 
         check_options(cfg)
-        art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(workspace, ckpt, cfg.quantize)
-        return run_quantized_export(cfg, workspace, art, command)
+        art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(ws, ckpt, cfg.quantize)
+        return run_quantized_export(cfg, ws, art, command)
     tolerance = cfg.tolerance if cfg.tolerance is not None else (HALF_TOLERANCE if cfg.half else 1e-4)
-    art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(workspace, ckpt)
+    art = ckpt if isinstance(ckpt, Artifact) else resolve_checkpoint(ws, ckpt)
     model, meta_ckpt = model_from_checkpoint(art.path)
     size = int(meta_ckpt["input_size"])
-    out = Path(cfg.out) if cfg.out is not None else workspace.default_path("export").with_suffix(SUFFIX[cfg.format])
+    out = Path(cfg.out) if cfg.out is not None else ws.default_path("export").with_suffix(SUFFIX[cfg.format])
     if cfg.format == "torchscript" and out.suffix.lower() in (".pt", ".pth"):
         raise FerError(f"{out}: .pt/.pth names are reserved for checkpoints; name the TorchScript file *.torchscript")
     if cfg.format == "checkpoint" and out.suffix.lower() not in (".pt", ".pth"):
@@ -326,7 +326,7 @@ def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[
     if cfg.format == "checkpoint" and out.resolve() == Path(art.path).resolve():
         raise FerError(f"{out}: would overwrite the checkpoint being exported; pass another --out")
     meta = export_meta(meta_ckpt, cfg.format)
-    inputs = {"student": workspace.input_ref(art)}
+    inputs = {"student": ws.input_ref(art)}
 
     if cfg.format == "onnx":
         data = onnx_with_meta(model, meta, cfg.opset)
@@ -362,7 +362,7 @@ def run_export(cfg: ExportConfig, workspace: Workspace, ckpt: str | os.PathLike[
     atomic_write_bytes(out, data)
     sidecar = out.with_name(out.name + ".json")
     atomic_write_json(sidecar, sidecar_meta)
-    workspace.record("export", out)
+    ws.record("export", out)
     return ExportResult(out, sidecar, cfg.format, worst, parity, sidecar_meta), art
 
 

@@ -27,7 +27,7 @@ from fercli.api import CLASSIFY_BATCH, NO_DETECTOR, FaceCrop, FaceResult, Recogn
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, check_writable_dir
 from fercli.imagestatus import NO_IMAGES_IN_FOLDER, NO_MATCH, path_problem
-from fercli.importers._common import is_image
+from fercli.importers.base import is_image
 from fercli.inference import Classifier
 from fercli.progress import Track, no_track
 from fercli.workspace import Artifact, Workspace
@@ -408,7 +408,7 @@ def recognizer_config(cfg: PredictConfig) -> RecognizerConfig:
         detect_size=cfg.detect_size, tta=cfg.tta, device=cfg.device, threads=cfg.threads, runtime=cfg.runtime)
 
 
-def predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
+def run_predict(cfg: PredictConfig, ws: Workspace, track: Track = no_track,
             on_model: Any = None) -> PredictResult:
     """Detect, align and classify every face of every input through one :class:`~fercli.api.Recognizer`;
     see the module docstring."""

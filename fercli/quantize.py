@@ -329,7 +329,7 @@ def _calibration(cfg: ExportConfig, workspace: Workspace, meta: dict[str, Any]) 
     return load_calibration(src, meta, cfg.calib_size, cfg.seed, workspace.sha256(src))
 
 
-def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
+def run_quantized_export(cfg: ExportConfig, ws: Workspace, art: Artifact,
                          command: str | None = None) -> tuple[ExportResult, Artifact]:
     """`fer export --quantize MODE`: a checkpoint (or a float32 fercli ONNX export) -> a quantised ONNX file."""
     from fercli.export import (ExportResult, check_onnx_parity, export_meta, onnx_with_meta, ort_session,
@@ -341,7 +341,7 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
     check_options(cfg)
     mode = cfg.quantize
     assert mode is not None
-    out = Path(cfg.out) if cfg.out is not None else default_out(workspace, mode)
+    out = Path(cfg.out) if cfg.out is not None else default_out(ws, mode)
     if out.suffix.lower() != ".onnx":
         raise FerError(f"{out}: a quantised export is an ONNX file; name it *.onnx")
     eager: dict[int, float] = {}
@@ -352,7 +352,7 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
             raise FerError(f"{art.path}: already quantised ({why}); quantise the float32 export or the checkpoint instead")
         fp32 = Path(art.path).read_bytes()
         inputs = {k: v for k, v in (art.provenance.get("inputs") or {}).items() if k == "student"}
-        inputs["source"] = workspace.input_ref(art)
+        inputs["source"] = ws.input_ref(art)
     else:
         from fercli.checkpoint import model_from_checkpoint
 
@@ -360,10 +360,10 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
         meta = export_meta(ckpt, "onnx")
         fp32 = onnx_with_meta(model, meta, cfg.opset)
         eager = check_onnx_parity(fp32, model, meta, cfg, str(art.path))
-        inputs = {"student": workspace.input_ref(art)}
+        inputs = {"student": ws.input_ref(art)}
     if out.resolve() == Path(art.path).resolve():
         raise FerError(f"{out}: would overwrite the model being quantised; pass another --out")
-    calib = _calibration(cfg, workspace, meta)
+    calib = _calibration(cfg, ws, meta)
     qbytes, info = quantize_bytes(fp32, mode, None if calib is None else calib.x, tuple(cfg.quant_exclude))
     check = calib if calib is not None else random_inputs(meta, 64, cfg.seed)
     info["calibration"] = check.describe() if mode == "int8" else None
@@ -390,7 +390,7 @@ def run_quantized_export(cfg: ExportConfig, workspace: Workspace, art: Artifact,
     atomic_write_bytes(out, data)
     sidecar = out.with_name(out.name + ".json")
     atomic_write_json(sidecar, sidecar_meta)
-    workspace.record("export", out)
+    ws.record("export", out)
     worst = max(eager.values()) if eager else None
     return ExportResult(out, sidecar, "onnx", worst, eager, sidecar_meta), art
 

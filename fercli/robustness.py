@@ -431,14 +431,14 @@ def write_outputs(rep: dict[str, Any], out_dir: Path, title: str) -> dict[str, A
 # ---- without the CLI ----------------------------------------------------------------------------
 
 def run_robustness(model: str | Path, manifest: str | Path, split: str = "test", *, out: str | Path | None = None,
-                   workspace: Any = None, corruptions: Sequence[str] | None = None, seed: int = DEFAULT_SEED,
+                   ws: Any = None, corruptions: Sequence[str] | None = None, seed: int = DEFAULT_SEED,
                    tta: str | None = None, map: bool = False, device: str = "cpu", threads: int | None = None,
                    batch_size: int = 128, workers: int = 0, cache: bool = True,
                    track: Track = no_track) -> dict[str, Any]:
     """The robustness suite for ``model`` on ``split`` of ``manifest``, without `fer eval`'s clean report.
 
     Two calls with the same manifest, split and seed score their models on byte-identical corrupted
-    images (made once, cached in ``workspace``'s decoded cache dir; ``workspace`` is a
+    images (made once, cached in the workspace's decoded cache dir; ``ws`` is a
     :class:`~fercli.workspace.Workspace` or a directory, default: ``$FER_WORKSPACE`` or the current
     directory; ``cache=False`` keeps them in memory). ``tta`` defaults to the model's own. With
     ``out``, ``robustness.json`` and ``robustness.png`` are written there. Returns the report
@@ -455,7 +455,7 @@ def run_robustness(model: str | Path, manifest: str | Path, split: str = "test",
     if tta not in (None, "none", "flip"):
         raise FerError(f"--tta must be none or flip, got {tta!r}")
     check_options(True, corruptions, seed)
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.find(workspace)
+    ws = ws if isinstance(ws, Workspace) else Workspace.find(ws)
     dev = resolve_device(device)
     clf = Classifier.load(model, dev, threads)
     m = read_manifest(Path(manifest))

@@ -610,7 +610,7 @@ def check_port_free(host: str, port: int) -> None:
                            "it, or pass another --port") from None
 
 
-def serve(cfg: ServeConfig, ws: Workspace, on_model: Callable[[Artifact], Any] | None = None,
+def run_serve(cfg: ServeConfig, ws: Workspace, on_model: Callable[[Artifact], Any] | None = None,
           on_ready: Callable[[Recognizer], Any] | None = None) -> None:
     """Load the model and detector, then serve until interrupted (uvicorn, one process)."""
     import uvicorn

@@ -346,7 +346,7 @@ def _resumed_config(cfg: TrainConfig, saved: dict[str, Any]) -> tuple[TrainConfi
 
 
 @dataclass
-class FitResult:
+class TrainResult:
     out_dir: Path
     best: Path
     last: Path
@@ -733,9 +733,9 @@ class _Run:
         return info
 
 
-def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = no_track,
+def run_train(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = no_track,
         progress: TrainProgress | None = None, command: str | None = None,
-        on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> FitResult:
+        on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> TrainResult:
     """Train a model as ``cfg`` says and write its run directory; see the module docstring."""
     progress = progress or LogProgress()
     validate_train_config(cfg)
@@ -793,5 +793,5 @@ def fit(cfg: TrainConfig, ws: Workspace, kind: str = "student", track: Track = n
             data.notes.append(f"calibrated on the holdout: temperature {info['temperature']:.3f}, "
                               f"ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f}")
         ws.record(kind, run.best_path)
-    return FitResult(out_dir, run.best_path, last_path, run.history, run.best_row, stopped_at, data.notes, data.inputs,
+    return TrainResult(out_dir, run.best_path, last_path, run.history, run.best_row, stopped_at, data.notes, data.inputs,
                      data.targets, dist_info.rank)

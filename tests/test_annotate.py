@@ -16,7 +16,7 @@ import fercli.predict as fp  # names looked up in each test: on old code each te
 from fercli.classes import CLASSES_8
 from fercli.cli import app
 from fercli.inference import BUNDLED_MODEL
-from fercli.predict import FaceResult, PredictConfig, predict
+from fercli.predict import FaceResult, PredictConfig, run_predict
 from fercli.workspace import Workspace
 
 
@@ -98,7 +98,7 @@ def test_real_crowd_annotation(tmp_path: Path, shared_dir: Path):
     if not weights.is_file():
         pytest.skip(f"{weights} not found")
     photo = shared_dir / "faces" / "crowd_stadium.jpg"
-    res = predict(PredictConfig(inputs=(str(photo),), model=BUNDLED_MODEL, detector="retinaface-mobilenet",
+    res = run_predict(PredictConfig(inputs=(str(photo),), model=BUNDLED_MODEL, detector="retinaface-mobilenet",
                                 detector_weights=weights, device="cpu", annotate=tmp_path / "ann"), Workspace(tmp_path))
     faces = res.images[0].faces
     assert len(faces) >= 15

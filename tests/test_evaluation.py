@@ -14,11 +14,11 @@ from fercli.calibration import expected_calibration_error
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.evaluation import EvalConfig, compute_metrics, evaluate
+from fercli.evaluation import EvalConfig, compute_metrics, run_eval
 from fercli.export import ExportConfig, run_export
 from fercli.importers import ImportConfig, run_import
 from fercli.schema import read_manifest, write_manifest
-from fercli.training import TrainConfig, fit
+from fercli.training import TrainConfig, run_train
 from fercli.workspace import Workspace
 
 
@@ -39,13 +39,13 @@ def test_compute_metrics_by_hand():
 def ferplus_ws(ferplus_dir: Path, tmp_path_factory) -> Workspace:
     """A tiny model trained briefly on a FERPlus subset; the subset's valid split is evaluated."""
     ws, _ = ferplus_subset(ferplus_dir, tmp_path_factory.mktemp("evalws"), 300, 200, seed=1)
-    fit(TrainConfig(arch="shufflenet_v2", input_size=48, epochs=1, batch_size=32, workers=0, threads=2, targets="none"), ws)
+    run_train(TrainConfig(arch="shufflenet_v2", input_size=48, epochs=1, batch_size=32, workers=0, threads=2, targets="none"), ws)
     return ws
 
 
 @pytest.mark.shared
 def test_eval_agrees_with_hand_computation(ferplus_ws: Workspace):
-    res = evaluate(EvalConfig(split="valid", workers=0), ferplus_ws)
+    res = run_eval(EvalConfig(split="valid", workers=0), ferplus_ws)
     rep = res.report
     preds = pd.read_csv(res.out_dir / "predictions.csv")
     assert len(preds) == rep["images"] == 200
@@ -72,9 +72,9 @@ def test_eval_agrees_with_hand_computation(ferplus_ws: Workspace):
 @pytest.mark.shared
 def test_eval_of_the_onnx_export_equals_the_checkpoint(ferplus_ws: Workspace, tmp_path: Path):
     pytest.importorskip("onnxruntime")
-    ckpt = evaluate(EvalConfig(split="valid", workers=0, out=tmp_path / "ckpt"), ferplus_ws)
+    ckpt = run_eval(EvalConfig(split="valid", workers=0, out=tmp_path / "ckpt"), ferplus_ws)
     exp, _ = run_export(ExportConfig(format="onnx", out=tmp_path / "m.onnx"), ferplus_ws)
-    onnx = evaluate(EvalConfig(split="valid", workers=0, model=exp.path, out=tmp_path / "onnx"), ferplus_ws)
+    onnx = run_eval(EvalConfig(split="valid", workers=0, model=exp.path, out=tmp_path / "onnx"), ferplus_ws)
     assert onnx.report["model"]["kind"] == "onnx"
     assert onnx.report["accuracy"] == ckpt.report["accuracy"] and onnx.report["confusion"] == ckpt.report["confusion"]
     a = pd.read_csv(tmp_path / "ckpt" / "predictions.csv").filter(like="p_").to_numpy()
@@ -86,27 +86,27 @@ def test_eval_of_the_onnx_export_equals_the_checkpoint(ferplus_ws: Workspace, tm
 def test_eval_class_lists_and_splits(ferplus_ws: Workspace, tmp_path: Path):
     m = read_manifest(ferplus_ws.current_path("dataset"))
     with pytest.raises(FerError, match=r"no labelled images in split 'test' \(it has: train, valid\); pass --split valid"):
-        evaluate(EvalConfig(workers=0), ferplus_ws)
+        run_eval(EvalConfig(workers=0), ferplus_ws)
     # the same images as a 7-class set: refused without --map, scored on the shared classes with it
     df7 = m.df[m.df["label_name"] != "contempt"].drop(columns=m.dist_columns)
     write_manifest(df7, CLASSES_7, m.root, tmp_path / "seven.parquet")
     with pytest.raises(FerError, match="class lists differ.*pass --map"):
-        evaluate(EvalConfig(manifest=tmp_path / "seven.parquet", split="valid", workers=0), ferplus_ws)
-    rep = evaluate(EvalConfig(manifest=tmp_path / "seven.parquet", split="valid", map=True, workers=0,
+        run_eval(EvalConfig(manifest=tmp_path / "seven.parquet", split="valid", workers=0), ferplus_ws)
+    rep = run_eval(EvalConfig(manifest=tmp_path / "seven.parquet", split="valid", map=True, workers=0,
                               out=tmp_path / "e7"), ferplus_ws).report
     assert rep["mapped"] and rep["classes"] == list(CLASSES_7)
     with pytest.raises(FerError, match="not a fercli checkpoint"):
         bad = tmp_path / "retina.pth"
         import torch
         torch.save({"body.conv.weight": torch.zeros(1)}, bad)
-        evaluate(EvalConfig(model=bad, split="valid", workers=0), ferplus_ws)
+        run_eval(EvalConfig(model=bad, split="valid", workers=0), ferplus_ws)
 
 
 def test_eval_cli_in_a_workspace(runner, workspace: Path):
     make_pattern_folder(workspace / "raw", CLASSES_7, {"train": 6, "valid": 3}, size=32)
     ws = Workspace(workspace)
     run_import(ImportConfig(format="folder", src=workspace / "raw"), ws)
-    fit(TrainConfig(arch="shufflenet_v2", input_size=32, epochs=1, batch_size=16, workers=0, targets="none"), ws)
+    run_train(TrainConfig(arch="shufflenet_v2", input_size=32, epochs=1, batch_size=16, workers=0, targets="none"), ws)
     res = runner.invoke(app, ["eval", "--split", "valid", "--json"])
     assert res.exit_code == 0, res.output
     assert "using student (workspace): student/best.pt" in res.stderr

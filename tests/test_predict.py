@@ -15,10 +15,10 @@ from _fab import make_pattern_folder
 from fercli.align import AlignConfig, run_align
 from fercli.classes import CLASSES_7
 from fercli.cli import app
-from fercli.evaluation import EvalConfig, evaluate
+from fercli.evaluation import EvalConfig, run_eval
 from fercli.importers import ImportConfig, run_import
-from fercli.predict import PredictConfig, predict
-from fercli.training import TrainConfig, fit
+from fercli.predict import PredictConfig, run_predict
+from fercli.training import TrainConfig, run_train
 from fercli.workspace import Workspace
 
 
@@ -29,7 +29,7 @@ def model(tmp_path_factory) -> Path:
     make_pattern_folder(root / "raw", CLASSES_7, {"train": 6, "valid": 2}, size=48)
     ws = Workspace(root / "ws")
     run_import(ImportConfig(format="folder", src=root / "raw"), ws)
-    return fit(TrainConfig(arch="lfer", input_size=48, epochs=1, batch_size=16, workers=0, targets="none"), ws).best
+    return run_train(TrainConfig(arch="lfer", input_size=48, epochs=1, batch_size=16, workers=0, targets="none"), ws).best
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,9 @@ def test_predict_equals_align_then_eval(tmp_path: Path, model: Path, weights: Pa
     ws = Workspace(tmp_path / "ws")
     run_align(AlignConfig(detector="retinaface-mobilenet", detector_weights=weights, device="cpu"),
               tmp_path / "raw", tmp_path / "ws" / "aligned", ws)
-    rep = evaluate(EvalConfig(model=model, split="test", workers=0, device="cpu"), ws)
+    rep = run_eval(EvalConfig(model=model, split="test", workers=0, device="cpu"), ws)
     via_eval = pd.read_csv(rep.out_dir / "predictions.csv").iloc[0]
-    res = predict(PredictConfig(inputs=(str(raw / "astronaut.png"),), model=model, detector="retinaface-mobilenet",
+    res = run_predict(PredictConfig(inputs=(str(raw / "astronaut.png"),), model=model, detector="retinaface-mobilenet",
                                 detector_weights=weights, faces="largest", device="cpu"), ws)
     face = res.images[0].faces[0]
     assert face.label == via_eval["pred"]

@@ -37,7 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from fercli.checkpoint import save_checkpoint
     from fercli.fileio import safe_torch_load
     from fercli.importers import ImportConfig, run_import
-    from fercli.training import TrainConfig, fit
+    from fercli.training import TrainConfig, run_train
 
     root = tmp_path_factory.mktemp("quant")
     ws = Workspace(root)
@@ -45,7 +45,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     manifest = run_import(ImportConfig(format="folder", src=root / "raw"), ws).out
     torch.manual_seed(0)
     # no flip: the class is where the block is
-    best = fit(TrainConfig(arch="lfer", input_size=SIZE, epochs=8, batch_size=8, lr=0.02, flip=0.0, loss="ce",
+    best = run_train(TrainConfig(arch="lfer", input_size=SIZE, epochs=8, batch_size=8, lr=0.02, flip=0.0, loss="ce",
                            workers=0, targets="none", threads=1), ws).best
     ckpt = safe_torch_load(best)
     ckpt.update(temperature=1.5, tta="flip")

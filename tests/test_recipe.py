@@ -22,7 +22,7 @@ from fercli.errors import FerError
 from fercli.importers import ImportConfig, run_import
 from fercli.losses import LFERLoss, LossConfig
 from fercli.schema import read_manifest
-from fercli.training import RECIPES, TrainConfig, build_scheduler, fit, prepare_data, validate_train_config
+from fercli.training import RECIPES, TrainConfig, build_scheduler, run_train, prepare_data, validate_train_config
 from fercli.workspace import Workspace
 
 TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
@@ -121,10 +121,10 @@ STRONG = dict(augment="strong", auto_augment="trivialwide", mix="both", sched="c
 
 def test_resume_is_bit_exact_with_the_strong_recipe(ws: Workspace, tmp_path: Path):
     base = dict(arch="shufflenet_v2", epochs=2, deterministic=True, checkpoint_every=0, targets="none", **STRONG, **TINY)
-    full = fit(TrainConfig(out=tmp_path / "full", **base), ws)
-    part = fit(TrainConfig(out=tmp_path / "part", max_steps=3, **base), ws)
+    full = run_train(TrainConfig(out=tmp_path / "full", **base), ws)
+    part = run_train(TrainConfig(out=tmp_path / "part", max_steps=3, **base), ws)
     assert part.stopped_at_step == 3
-    resumed = fit(TrainConfig(out=tmp_path / "part", resume=True, **base), ws)
+    resumed = run_train(TrainConfig(out=tmp_path / "part", resume=True, **base), ws)
     a, b = load_checkpoint(full.last), load_checkpoint(resumed.last)
     for key in ("state_dict",):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
@@ -132,13 +132,13 @@ def test_resume_is_bit_exact_with_the_strong_recipe(ws: Workspace, tmp_path: Pat
     assert all(torch.equal(ta["model"][k], tb["model"][k]) for k in ta["model"])
     assert [r["val_acc"] for r in full.history] == [r["val_acc"] for r in resumed.history]
     # a resume in worker processes augments the same batches identically
-    wk = fit(TrainConfig(out=tmp_path / "workers", **{**base, "workers": 2}), ws)
+    wk = run_train(TrainConfig(out=tmp_path / "workers", **{**base, "workers": 2}), ws)
     c = load_checkpoint(wk.last)
     assert all(torch.equal(a["state_dict"][k], c["state_dict"][k]) for k in a["state_dict"])
 
 
 def test_ema_weights_are_validated_and_saved(ws: Workspace, tmp_path: Path):
-    r = fit(TrainConfig(out=tmp_path / "ema", arch="shufflenet_v2", epochs=2, targets="none", ema=0.5,
+    r = run_train(TrainConfig(out=tmp_path / "ema", arch="shufflenet_v2", epochs=2, targets="none", ema=0.5,
                         checkpoint_every=0, **TINY), ws)
     last = load_checkpoint(r.last)
     raw, saved = last["train_state"]["model"], last["state_dict"]
@@ -148,7 +148,7 @@ def test_ema_weights_are_validated_and_saved(ws: Workspace, tmp_path: Path):
 
 
 def test_per_class_recall_selection_and_calibration(ws: Workspace, tmp_path: Path):
-    r = fit(TrainConfig(out=tmp_path / "sel", arch="shufflenet_v2", epochs=3, targets="none", lr=0.05,
+    r = run_train(TrainConfig(out=tmp_path / "sel", arch="shufflenet_v2", epochs=3, targets="none", lr=0.05,
                         select="mean-class", calibrate=True, checkpoint_every=0, **TINY), ws)
     for row in r.history:
         recalls = [row[f"recall_{c}"] for c in CLASSES_7]

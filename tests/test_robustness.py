@@ -15,7 +15,7 @@ from fercli import robustness as rb
 from fercli.classes import CLASSES_7
 from fercli.cli import app
 from fercli.errors import FerError
-from fercli.evaluation import EvalConfig, evaluate
+from fercli.evaluation import EvalConfig, run_eval
 from fercli.robustness import CORRUPTIONS, EYES_BAND, MOUTH_BAND, band_rows, image_rng, score_suite
 from fercli.workspace import Workspace
 
@@ -205,7 +205,7 @@ def test_fer_eval_robustness_writes_its_report(runner, tiny_ws, one_thread):
     res = runner.invoke(app, [*args, "--corruptions", "occlude_eyes,jpeg_15", "--out", "e2"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "occlude_eyes" in res.stdout and "worst (" in res.stdout and "wrote e2/robustness.json" in res.stdout
-    lib = rb.run_robustness(model, ws.current_path("dataset"), "valid", workspace=ws, corruptions=["jpeg_15", "noise_2"])
+    lib = rb.run_robustness(model, ws.current_path("dataset"), "valid", ws=ws, corruptions=["jpeg_15", "noise_2"])
     assert lib["corruptions"]["jpeg_15"]["accuracy"] == rob["corruptions"]["jpeg_15"]["accuracy"]
     assert lib["corruptions"]["noise_2"]["per_class_accuracy"] == rob["corruptions"]["noise_2"]["per_class_accuracy"]
     assert lib["clean"] == rob["clean"]
@@ -219,4 +219,4 @@ def test_fer_eval_robustness_options_fail_in_one_line(runner, tiny_ws):
     res = runner.invoke(app, ["eval", "--split", "valid", "--corruptions", "blur_1"])
     assert res.exit_code == 1 and "--corruptions needs --robustness" in res.stderr
     with pytest.raises(FerError, match="needs --robustness"):
-        evaluate(EvalConfig(split="valid", corruptions=("blur_1",)), ws)
+        run_eval(EvalConfig(split="valid", corruptions=("blur_1",)), ws)

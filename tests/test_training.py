@@ -18,29 +18,29 @@ from fercli.checkpoint import load_checkpoint, model_from_checkpoint
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.augment import augment_batch, build_augment
 from fercli.errors import FerError
-from fercli.labels import GenLabelsConfig, generate_labels
+from fercli.gen_labels import GenLabelsConfig, run_gen_labels
 from fercli.losses import LFERLoss
 from fercli.schema import dist_columns, read_labels, read_manifest, write_labels, write_manifest
-from fercli.training import TeacherConfig, TrainConfig, fit
+from fercli.training import TeacherConfig, TrainConfig, run_train
 from fercli.workspace import Workspace
 
 TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
 
 
 def test_teacher_labels_student_sequence(ws: Workspace):
-    t = fit(TeacherConfig(arch="resnet18", epochs=2, **TINY), ws, kind="teacher")
+    t = run_train(TeacherConfig(arch="resnet18", epochs=2, **TINY), ws, kind="teacher")
     assert t.best == ws.root / "teacher" / "best.pt" and ws.current_path("teacher") == t.best
     assert (ws.root / "teacher" / "metrics.csv").is_file() and (ws.root / "teacher" / "curves.png").is_file()
     assert len(t.history) == 2 and t.best_row is not None
 
-    res = generate_labels(GenLabelsConfig(workers=0, flip=True), ws)
+    res = run_gen_labels(GenLabelsConfig(workers=0, flip=True), ws)
     df, meta = read_labels(res.out)
     assert len(df) == 7 * 12 and set(df["split"]) == {"train"}
     assert np.allclose(df[dist_columns(CLASSES_7)].sum(axis=1), 1.0, atol=1e-5)
     assert meta["classes"] == list(CLASSES_7) and meta["teacher_sha256"] == ws.sha256(t.best)
     assert meta["provenance"]["inputs"]["teacher"]["sha256"] == ws.sha256(t.best)
 
-    s = fit(TrainConfig(arch="lfer", epochs=2, beta=0.2, **TINY), ws, kind="student")
+    s = run_train(TrainConfig(arch="lfer", epochs=2, beta=0.2, **TINY), ws, kind="student")
     assert s.targets == "teacher" and set(s.inputs) == {"dataset", "labels"}
     model, ckpt = model_from_checkpoint(s.best)
     assert ckpt["arch"] == "lfer" and ckpt["classes"] == list(CLASSES_7) and ckpt["input_size"] == 32
@@ -48,15 +48,15 @@ def test_teacher_labels_student_sequence(ws: Workspace):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 7)
 
     # a new teacher makes the labels stale: the student refuses them, naming the command
-    fit(TeacherConfig(arch="resnet18", epochs=1, seed=1, overwrite=True, **TINY), ws, kind="teacher")
+    run_train(TeacherConfig(arch="resnet18", epochs=1, seed=1, overwrite=True, **TINY), ws, kind="teacher")
     with pytest.raises(FerError, match="rerun `fer gen-labels`"):
-        fit(TrainConfig(arch="lfer", epochs=1, overwrite=True, **TINY), ws)
+        run_train(TrainConfig(arch="lfer", epochs=1, overwrite=True, **TINY), ws)
 
 
 def test_gen_labels_refuses_test_split_and_bad_distributions(ws: Workspace, tmp_path: Path):
-    fit(TeacherConfig(arch="shufflenet_v2", epochs=1, **TINY), ws, kind="teacher")
+    run_train(TeacherConfig(arch="shufflenet_v2", epochs=1, **TINY), ws, kind="teacher")
     with pytest.raises(FerError, match="refusing to label the test split"):
-        generate_labels(GenLabelsConfig(splits=("train", "test"), workers=0), ws)
+        run_gen_labels(GenLabelsConfig(splits=("train", "test"), workers=0), ws)
     df = pd.DataFrame({"path": ["a", "b"], "split": "train", "label": [0, 1]})
     for i, c in enumerate(dist_columns(CLASSES_7)):
         df[c] = [0.5 if i < 2 else 0.0, 0.2 if i == 0 else 0.0]
@@ -68,10 +68,10 @@ def test_gen_labels_refuses_test_split_and_bad_distributions(ws: Workspace, tmp_
 def test_resume_is_exact_under_deterministic(ws: Workspace, tmp_path: Path):
     # with --shift too: the translation draws from the per-step generator, so a resume replays it
     base = dict(arch="shufflenet_v2", epochs=2, deterministic=True, checkpoint_every=0, targets="none", shift=0.1, **TINY)
-    full = fit(TrainConfig(out=tmp_path / "full", **base), ws)
-    part = fit(TrainConfig(out=tmp_path / "part", max_steps=3, **base), ws)  # stops mid-epoch 1
+    full = run_train(TrainConfig(out=tmp_path / "full", **base), ws)
+    part = run_train(TrainConfig(out=tmp_path / "part", max_steps=3, **base), ws)  # stops mid-epoch 1
     assert part.stopped_at_step == 3 and not part.best.exists()
-    resumed = fit(TrainConfig(out=tmp_path / "part", resume=True, **base), ws)
+    resumed = run_train(TrainConfig(out=tmp_path / "part", resume=True, **base), ws)
     assert "resumed" in resumed.notes[-1]
     a, b = load_checkpoint(full.last)["state_dict"], load_checkpoint(resumed.last)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -95,31 +95,31 @@ def test_augment_shift_translates_within_the_frame():
 def test_bad_inputs(ws: Workspace, tmp_path: Path, monkeypatch):
     cfg = dict(arch="shufflenet_v2", epochs=1, targets="none", **TINY)
     with pytest.raises(FerError, match="needs label distributions: run `fer gen-labels`"):
-        fit(TrainConfig(**{**cfg, "targets": "teacher"}), ws)
+        run_train(TrainConfig(**{**cfg, "targets": "teacher"}), ws)
     with pytest.raises(FerError, match="--targets votes needs distribution columns"):
-        fit(TrainConfig(**{**cfg, "targets": "votes"}), ws)
+        run_train(TrainConfig(**{**cfg, "targets": "votes"}), ws)
     # no valid split: say how to make one
     m = read_manifest(ws.current_path("dataset"))
     only_train = tmp_path / "train_only.parquet"
     write_manifest(m.df[m.df["split"] == "train"], m.classes, m.root, only_train)
     with pytest.raises(FerError, match="no labelled 'valid' split .* --val-fraction 0.1"):
-        fit(TrainConfig(manifest=only_train, **cfg), ws)
-    r = fit(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
+        run_train(TrainConfig(manifest=only_train, **cfg), ws)
+    r = run_train(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
     assert "held out" in r.notes[0]
     # an existing run is not overwritten without --resume/--overwrite
     with pytest.raises(FerError, match="a training run is already here; pass --resume"):
-        fit(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
+        run_train(TrainConfig(manifest=only_train, val_fraction=0.25, out=tmp_path / "vf", **cfg), ws)
     # a missing image is named, also when decoded in a worker process
     victim = m.root / m.df["path"].iloc[0]
     victim.rename(victim.with_suffix(".bak"))
     try:
         with pytest.raises(FerError, match=rf"^{victim}: cannot decode \(the file is missing\)"):
-            fit(TrainConfig(manifest=ws.current_path("dataset"), out=tmp_path / "missing", **{**cfg, "workers": 1}),
+            run_train(TrainConfig(manifest=ws.current_path("dataset"), out=tmp_path / "missing", **{**cfg, "workers": 1}),
                 Workspace(tmp_path / "fresh"))
     finally:
         victim.with_suffix(".bak").rename(victim)
     # NaN loss: stop with the batch and the last good checkpoint named; nothing overwritten
-    fit(TrainConfig(out=tmp_path / "nan", max_steps=2, **cfg), ws)
+    run_train(TrainConfig(out=tmp_path / "nan", max_steps=2, **cfg), ws)
     before = (tmp_path / "nan" / "last.pt").read_bytes()
     real_forward = LFERLoss.forward
 
@@ -129,14 +129,14 @@ def test_bad_inputs(ws: Workspace, tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(LFERLoss, "forward", nan_loss)
     with pytest.raises(FerError, match=r"loss became nan at epoch 1, step 2 \(images train/.*last good checkpoint: .*nan/last.pt"):
-        fit(TrainConfig(out=tmp_path / "nan", resume=True, **cfg), ws)
+        run_train(TrainConfig(out=tmp_path / "nan", resume=True, **cfg), ws)
     assert (tmp_path / "nan" / "last.pt").read_bytes() == before
 
 @pytest.mark.shared
 def test_ferplus_short_run_learns(ferplus_dir: Path, tmp_path: Path):
     """Real data: a short run lowers the training loss and beats the majority-class rate on valid."""
     ws, sub = ferplus_subset(ferplus_dir, tmp_path, 2000, 400, seed=0)
-    r = fit(TrainConfig(arch="lfer", input_size=48, epochs=4, batch_size=32, lr=0.05,
+    r = run_train(TrainConfig(arch="lfer", input_size=48, epochs=4, batch_size=32, lr=0.05,
                         loss="ce", targets="none", workers=0, threads=2), ws)
     majority = (sub[sub.split == "valid"]["label"] == sub[sub.split == "train"]["label"].mode()[0]).mean()
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
@@ -164,10 +164,10 @@ def test_ferplus_teacher_labels_student_end_to_end(ferplus_dir: Path, tmp_path: 
     """pretrain-teacher -> gen-labels -> train -> checkpoint on a few hundred real FERPlus images."""
     ws, _ = ferplus_subset(ferplus_dir, tmp_path, 300, 100, seed=2)
     small = dict(input_size=48, epochs=1, batch_size=32, workers=0, threads=2)
-    teacher = fit(TeacherConfig(arch="resnet18", **small), ws, kind="teacher")
-    labels = generate_labels(GenLabelsConfig(workers=0), ws)
+    teacher = run_train(TeacherConfig(arch="resnet18", **small), ws, kind="teacher")
+    labels = run_gen_labels(GenLabelsConfig(workers=0), ws)
     assert labels.summary["rows"] == 300 and "kl_votes" in labels.summary  # FERPlus votes vs the teacher
-    student = fit(TrainConfig(arch="lfer", beta=0.2, **small), ws)
+    student = run_train(TrainConfig(arch="lfer", beta=0.2, **small), ws)
     ckpt = load_checkpoint(student.best)
     assert student.targets == "teacher" and ckpt["classes"] == list(CLASSES_8)
     assert ckpt["provenance"]["inputs"]["labels"]["sha256"] == ws.sha256(labels.out)
@@ -176,10 +176,10 @@ def test_ferplus_teacher_labels_student_end_to_end(ferplus_dir: Path, tmp_path: 
 
 def test_resume_keeps_the_runs_settings_and_epoch_totals(ws: Workspace, tmp_path: Path):
     base = dict(arch="shufflenet_v2", deterministic=True, checkpoint_every=0, targets="none", **TINY)
-    full = fit(TrainConfig(out=tmp_path / "full", epochs=2, **{**base, "batch_size": 8}), ws)
-    fit(TrainConfig(out=tmp_path / "part", epochs=2, max_steps=4, **{**base, "batch_size": 8}), ws)
+    full = run_train(TrainConfig(out=tmp_path / "full", epochs=2, **{**base, "batch_size": 8}), ws)
+    run_train(TrainConfig(out=tmp_path / "part", epochs=2, max_steps=4, **{**base, "batch_size": 8}), ws)
     # resumed with the default batch size typed: the run's own batch size 8 is kept, and said so
-    resumed = fit(TrainConfig(out=tmp_path / "part", epochs=2, resume=True, **base), ws)
+    resumed = run_train(TrainConfig(out=tmp_path / "part", epochs=2, resume=True, **base), ws)
     assert any("batch_size=8" in n for n in resumed.notes)
     a, b = load_checkpoint(full.last)["state_dict"], load_checkpoint(resumed.last)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

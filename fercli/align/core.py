@@ -35,7 +35,7 @@ from fercli.align import detectors as det
 from fercli.align.imageio import ImageProblem, LoadedImage, load_image, write_image
 from fercli.align.transform import LANDMARK_WEIGHTS, align_face, box_crop, check_geometry, resize_face
 from fercli.errors import FerError
-from fercli.importers._common import IMAGE_EXTS, ImportConfig
+from fercli.importers.base import IMAGE_EXTS, ImportConfig
 from fercli.progress import Track, no_track
 from fercli.schema import (
     BOX_COLUMNS,
@@ -825,7 +825,7 @@ def run_align(
     cfg: AlignConfig,
     src: str | os.PathLike[str] | Source | None = None,
     dst: str | os.PathLike[str] | None = None,
-    workspace: Workspace | None = None,
+    ws: Workspace | None = None,
     track: Track = no_track,
     command: str | None = None,
 ) -> AlignResult:
@@ -836,7 +836,6 @@ def run_align(
     Ctrl-C writes the manifest of what is done (marked incomplete) and re-raises.
     """
     cfg.check()
-    ws = workspace
     if dst is None:
         if ws is None:
             raise FerError("no DST given and no workspace to put aligned/ in")

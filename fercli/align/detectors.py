@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from fercli.align import mobilenet
+from fercli.align import retinaface_nets
 from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, safe_torch_load
@@ -63,7 +63,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     # retinaface-pytorch's Model: RGB, albumentations Normalize (ImageNet mean/std of 0..1 pixels).
     "retinaface-resnet50": DetectorSpec(
         name="retinaface-resnet50",
-        build=mobilenet.build_resnet50,
+        build=retinaface_nets.build_resnet50,
         weights_file="retinaface_resnet50_2020-07-20-f168fae3c.zip",
         url=RESNET50_URL,
         source=RESNET50_URL,
@@ -74,7 +74,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     # Pytorch_Retinaface: BGR minus (104, 117, 123), no scaling.
     "retinaface-mobilenet": DetectorSpec(
         name="retinaface-mobilenet",
-        build=mobilenet.build_mobilenet,
+        build=retinaface_nets.build_mobilenet,
         weights_file="mobilenet0.25_Final.pth",
         url=None,
         source="https://github.com/biubug6/Pytorch_Retinaface (weights/mobilenet0.25_Final.pth)",

@@ -97,7 +97,7 @@ def align(
     command = "fer " + " ".join(sys.argv[1:])
     try:
         with _sigterm_as_interrupt():
-            result = run_align(cfg, src, dst, workspace=ws, track=_ui.rich_track, command=command)
+            result = run_align(cfg, src, dst, ws=ws, track=_ui.rich_track, command=command)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished images are saved; rerun the same command to resume", err=True)
         raise typer.Exit(130) from None

@@ -42,7 +42,7 @@ def calibrate(
     Predictions (the most likely class) do not change. Prints ECE and NLL before and after.
     """
     from fercli.calibration import CalibrateConfig
-    from fercli.calibration import calibrate as run_calibrate
+    from fercli.calibration import run_calibrate
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(CalibrateConfig, "calibrate", dict(

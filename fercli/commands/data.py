@@ -97,7 +97,7 @@ def info(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Counts per split and class, imbalance, unlabelled rows, missing files, distribution columns."""
-    from fercli.datainfo import read_info
+    from fercli.manifest_info import read_info
 
     ws = _ui.state(ctx).workspace
     art = ws.resolve("dataset", manifest)

@@ -34,7 +34,7 @@ def doctor(
         ws, ws_error = _ui.state(ctx).workspace, None
     except FerError as exc:
         ws, ws_error = None, str(exc)
-    report = core.diagnose(ws, ws_error)
+    report = core.run_doctor(ws, ws_error)
     if json_out:
         _ui.print_json(report.to_dict())
     else:
@@ -43,7 +43,7 @@ def doctor(
         raise typer.Exit(1)
 
 
-def _render(report: core.Report) -> None:
+def _render(report: core.DoctorResult) -> None:
     table = Table(title="fer doctor", show_lines=False)
     for col in ("check", "status", "found", "fix / note"):
         table.add_column(col, overflow="fold")

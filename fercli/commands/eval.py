@@ -51,14 +51,14 @@ def eval_(
 ) -> None:
     """Accuracy, mean per-class accuracy, per-class precision/recall/F1, the confusion matrix, and the
     calibration of the probabilities (ECE over 15 bins, NLL, a reliability diagram)."""
-    from fercli.evaluation import EvalConfig, evaluate
+    from fercli.evaluation import EvalConfig, run_eval
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(EvalConfig, "eval", dict(
         model=model, manifest=manifest, split=split, tta=tta, map=map_, out=out, batch_size=batch_size,
         workers=workers, cache=cache, device=device, threads=threads, runtime=runtime, robustness=robustness,
         corruptions=corruptions), ws, config)
-    res = evaluate(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
+    res = run_eval(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
     rep = res.report
     if json_out:
         _ui.print_json(rep)

@@ -37,13 +37,13 @@ def gen_labels(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write the teacher's softmax for every labelled training image as label distributions (parquet)."""
-    from fercli.labels import GenLabelsConfig, generate_labels
+    from fercli.gen_labels import GenLabelsConfig, run_gen_labels
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(GenLabelsConfig, "gen-labels", dict(
         manifest=manifest, teacher=teacher, out=out, temperature=temperature, flip=flip, splits=splits, force=force,
         batch_size=batch_size, workers=workers, cache=cache, device=device), ws, config)
-    res = generate_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
+    res = run_gen_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                           on_inputs=_ui.announcer(ctx, ws))
     if json_out:
         _ui.print_json(res.summary)

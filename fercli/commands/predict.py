@@ -70,7 +70,7 @@ def predict(
     """Detect, align and classify every face; exit code 1 if any input could not be used."""
     from fercli.commands import predict_video
     from fercli.predict import PredictConfig
-    from fercli.predict import predict as run_predict
+    from fercli.predict import run_predict
 
     ws = _ui.state(ctx).workspace
     inputs = list(inputs or [])

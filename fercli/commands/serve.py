@@ -48,7 +48,7 @@ def serve(
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, a browser page at /, OpenAPI docs at /docs, /metrics."""
     from fercli.serve import ServeConfig
-    from fercli.serve import serve as run_serve
+    from fercli.serve import run_serve
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(ServeConfig, "serve", dict(

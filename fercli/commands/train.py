@@ -96,7 +96,7 @@ TEACHER_EXAMPLE = """Examples:
 
 def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Optional[Path], json_out: bool,
          **opts: Any) -> None:
-    from fercli.training import RECIPES, TeacherConfig, TrainConfig, fit
+    from fercli.training import RECIPES, TeacherConfig, TrainConfig, run_train
 
     ws = _ui.state(ctx).workspace
     cls = TeacherConfig if kind == "teacher" else TrainConfig
@@ -113,7 +113,7 @@ def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Option
         return
     progress = _ui.RichTrainProgress()
     try:
-        result = fit(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,
+        result = run_train(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,
                      command="fer " + " ".join(sys.argv[1:]),
                      on_inputs=_ui.announcer(ctx, ws))
     finally:
@@ -149,7 +149,7 @@ _NOT_SETTINGS = frozenset({"manifest", "labels", "out", "workers", "cache", "dev
 
 def _finished_run(cfg: Any, ws: Any, kind: str) -> dict[str, Any] | None:
     """The run directory's state when it holds a *finished* run of exactly these settings on exactly
-    these inputs (so `fer train` typed again has nothing to do), else None (fit() then resumes,
+    these inputs (so `fer train` typed again has nothing to do), else None (run_train() then resumes,
     overwrites or refuses as asked)."""
     from fercli.config import config_dict
     from fercli.errors import FerError
@@ -162,7 +162,7 @@ def _finished_run(cfg: Any, ws: Any, kind: str) -> dict[str, Any] | None:
     try:
         meta, best_meta = read_artifact_meta(last), read_artifact_meta(best)
     except FerError:
-        return None  # fit() says what is wrong with it
+        return None  # run_train() says what is wrong with it
     state = meta.get("train_state") or {}
     history = state.get("history") or []
     if len(history) < cfg.epochs or state.get("step", 0) != 0:
@@ -175,7 +175,7 @@ def _finished_run(cfg: Any, ws: Any, kind: str) -> dict[str, Any] | None:
             return None
     if cfg.calibrate and "calibration" not in (best_meta.get("metrics") or {}):
         return None  # calibration did not run
-    # The same inputs (by content), resolved as fit() would resolve them.
+    # The same inputs (by content), resolved as run_train() would resolve them.
     roles: dict[str, Any] = {"dataset": cfg.manifest}
     if kind == "student" and cfg.targets in ("auto", "teacher", "mix") and (
             cfg.labels is not None or ws.current_path("labels") is not None):

@@ -15,7 +15,7 @@ from typing import Any
 
 from fercli.errors import FerError
 from fercli.importers import affectnet, fer2013, ferplus, folder, rafdb
-from fercli.importers._common import ImportConfig, Imported
+from fercli.importers.base import ImportConfig, Imported
 from fercli.progress import Track, no_track
 from fercli.schema import IMPORTED_MANIFEST, SPLITS, Manifest, make_provenance, write_manifest
 from fercli.workspace import Workspace
@@ -114,20 +114,20 @@ class ImportResult:
         }
 
 
-def run_import(cfg: ImportConfig, workspace: Workspace, track: Track = no_track, command: str | None = None) -> ImportResult:
+def run_import(cfg: ImportConfig, ws: Workspace, track: Track = no_track, command: str | None = None) -> ImportResult:
     """Import a dataset, write its manifest atomically and make it the workspace's current dataset."""
-    out = Path(cfg.out) if cfg.out is not None else workspace.root / IMPORTED_MANIFEST
+    out = Path(cfg.out) if cfg.out is not None else ws.root / IMPORTED_MANIFEST
     if cfg.format in ("fer2013", "auto") and cfg.images_dir is None:
         cfg.images_dir = out.parent / "fer2013_images"
     imp = load_dataset(cfg, track)
     df = imp.df
     summary = {"rows": int(len(df)), "labelled": int((df["label"] >= 0).sum()), "classes": len(imp.classes)}
-    inputs = {"source": {"path": str(p), "sha256": workspace.sha256(p)} for p in imp.source_files[:1]}
+    inputs = {"source": {"path": str(p), "sha256": ws.sha256(p)} for p in imp.source_files[:1]}
     if len(imp.source_files) > 1:
-        inputs = {f"source{i}": {"path": str(p), "sha256": workspace.sha256(p)} for i, p in enumerate(imp.source_files)}
+        inputs = {f"source{i}": {"path": str(p), "sha256": ws.sha256(p)} for i, p in enumerate(imp.source_files)}
     prov = make_provenance("dataset", inputs=inputs, summary=summary, command=command)
     manifest = write_manifest(df, imp.classes, imp.root, out, provenance=prov, extra_meta={"dataset": imp.dataset})
-    workspace.record("dataset", out)
+    ws.record("dataset", out)
     for reason, n in imp.dropped.items():
         log.info("dropped %d rows: %s", n, reason)
     return ImportResult(manifest, imp, out)

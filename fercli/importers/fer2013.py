@@ -18,7 +18,7 @@ import pandas as pd
 from fercli.classes import FER2013_CODES, code_map, vocabulary
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
-from fercli.importers._common import ImportConfig, Imported, with_label_names
+from fercli.importers.base import ImportConfig, Imported, with_label_names
 from fercli.progress import Track, no_track
 from fercli.schema import UNLABELLED
 

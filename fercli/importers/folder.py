@@ -24,7 +24,7 @@ import pandas as pd
 
 from fercli.classes import canonical_name, vocabulary
 from fercli.errors import FerError
-from fercli.importers._common import ImportConfig, Imported, is_image, require_rows, with_label_names
+from fercli.importers.base import ImportConfig, Imported, is_image, require_rows, with_label_names
 from fercli.progress import Track, no_track
 from fercli.schema import UNLABELLED
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from fercli.classes import RAFDB_CODES, code_map, vocabulary
 from fercli.errors import FerError
-from fercli.importers._common import ImportConfig, Imported, check_duplicates, drop_missing, safe_rel, with_label_names
+from fercli.importers.base import ImportConfig, Imported, check_duplicates, drop_missing, safe_rel, with_label_names
 from fercli.progress import Track, no_track
 from fercli.schema import BOX_COLUMNS, LANDMARK_COLUMNS, UNLABELLED
 

@@ -47,7 +47,7 @@ class GenLabelsConfig:
 
 
 @dataclass
-class LabelsResult:
+class GenLabelsResult:
     out: Path
     df: pd.DataFrame
     inputs: dict[str, Artifact]
@@ -70,8 +70,8 @@ def quality(probs: np.ndarray, labels: np.ndarray, votes: np.ndarray | None = No
 
 
 @torch.no_grad()
-def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
-                    on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> LabelsResult:
+def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track, command: str | None = None,
+                    on_inputs: Callable[[dict[str, Artifact]], None] | None = None) -> GenLabelsResult:
     """Run the teacher over the chosen splits and write the distributions (validated) atomically."""
     if cfg.temperature <= 0:
         raise FerError(f"--temperature must be positive, got {cfg.temperature}")
@@ -122,5 +122,5 @@ def generate_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track
              "teacher_sha256": ws.sha256(inputs["teacher"].path), "teacher_arch": ckpt["arch"], "quality": q}
     write_labels(df, m.classes, out, prov, extra)
     ws.record("labels", out)
-    return LabelsResult(out, df, inputs, {**summary, **q, "out": str(out), "temperature": cfg.temperature,
+    return GenLabelsResult(out, df, inputs, {**summary, **q, "out": str(out), "temperature": cfg.temperature,
                                           "flip": cfg.flip, "splits": list(cfg.splits)})
