@@ -16,7 +16,7 @@ from _fab import make_pattern_folder
 from fercli.calibration import (
     ECE_BINS,
     CalibrateConfig,
-    calibrate,
+    run_calibrate,
     calibration_bins,
     check_temperature,
     expected_calibration_error,
@@ -334,7 +334,7 @@ def test_calibrate_core_refuses_other_class_lists(workspace: Path, tmp_path: Pat
     run_import(ImportConfig(format="folder", src=workspace / "raw", classes=8), Workspace(workspace))
     _save(workspace / "student" / "best.pt")  # 7 classes
     with pytest.raises(FerError, match="class lists differ"):
-        calibrate(CalibrateConfig(workers=0), Workspace(workspace))
+        run_calibrate(CalibrateConfig(workers=0), Workspace(workspace))
 
 
 def test_eval_refuses_a_bad_temperature_in_one_line(runner, workspace: Path, tiny: Path):
