@@ -147,19 +147,6 @@ def model_from_checkpoint(path_or_ckpt: str | os.PathLike[str] | dict[str, Any])
     return model.eval(), ckpt
 
 
-def load_state_source(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The weights in ``path``: a fercli checkpoint's state dict, or a plain state dict (e.g. torchvision's)."""
-    path = Path(path)
-    obj = safe_torch_load(path)
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        obj = obj.get("state_dict")
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # a common training-script layout
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FerError(f"{path}: holds no state dict of tensors; pass a fercli checkpoint or a saved state_dict")
-    return obj
-
-
 def checkpoint_summary(ckpt: dict[str, Any]) -> dict[str, Any]:
     """Key figures of a checkpoint for tables: arch, classes, input size, parameter count."""
     params = sum(v.numel() for k, v in ckpt["state_dict"].items()
