@@ -1,155 +1,57 @@
-"""Calibrated probabilities: temperature scaling (Guo et al. 2017), expected calibration error, NLL.
+"""`fer calibrate`: temperature scaling (Guo et al. 2017) fitted on a labelled split, and related tools.
 
 A classifier's softmax is often over-confident. One scalar temperature ``T`` fitted on held-out
 logits (``softmax(z / T)``) fixes most of that without changing any prediction (the argmax is the
 same for every ``T > 0``). The fitted value is stored in the checkpoint (``temperature``) and applied
 by every consumer: `fer eval`, `fer predict`, exports (whose ``logits`` output stays raw; the
 temperature travels in their metadata). A checkpoint may also name its recommended test-time
-augmentation (``tta``: none or flip), the default of `fer eval` and `fer predict`.
+augmentation (``tta``: none or flip), the default of `fer eval` and `fer predict`. How stored
+temperatures and TTA turn logits into probabilities, and the measures (ECE, NLL,
+:func:`fit_temperature`), are :mod:`fercli.probability`'s, re-exported here.
 
-`fer calibrate` (:func:`calibrate`) fits ``T`` on a labelled split of a manifest and rewrites the
+`fer calibrate` (:func:`run_calibrate`) fits ``T`` on a labelled split of a manifest and rewrites the
 checkpoint with it; :func:`temperature_for` does the same for a model in memory (the training
 engine's holdout). Both fit on the raw logits of the un-mirrored faces, whatever the model's ``tta``.
+Also here: the reliability diagram and post-hoc logit adjustment (:func:`adjustment_curve`,
+:func:`fold_logit_adjustment`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from fercli.data import LoaderOptions, batches, load_batches, normalize
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
+from fercli.probability import (
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TTA,
+    ECE_BINS,
+    TTA_MODES,
+    calibration_bins,
+    calibration_summary,
+    check_temperature,
+    check_tta,
+    expected_calibration_error,
+    fit_temperature,
+    model_temperature,
+    model_tta,
+    nll,
+    softmax,
+)
 from fercli.progress import Track, no_track
 
-if TYPE_CHECKING:  # runtime imports are local: checkpoint and inference import this module
+if TYPE_CHECKING:
     from fercli.data import Split
     from fercli.transforms import Preprocess
     from fercli.workspace import Artifact, Workspace
-
-ECE_BINS = 15  # the usual choice (Guo et al. 2017)
-TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirrored face
-DEFAULT_TEMPERATURE = 1.0  # a checkpoint or export without a ``temperature`` key: plain softmax
-DEFAULT_TTA = "none"
-
-
-def check_temperature(value: object, where: str) -> float:
-    """``value`` as a float if it is a usable temperature (finite, > 0), else a FerError naming ``where``."""
-    # Strings and booleans are refused although float() takes them: a checkpoint stores a number.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise FerError(f"{where}: temperature {value!r} is not a number; refit it with `fer calibrate`")
-    t = float(value)
-    if not math.isfinite(t) or t <= 0:
-        raise FerError(f"{where}: temperature {value!r} must be a finite number > 0; refit it with `fer calibrate`")
-    return t
-
-
-def check_tta(value: object, where: str) -> str:
-    """``value`` if it is a known test-time augmentation (:data:`TTA_MODES`), else a FerError naming ``where``."""
-    if not isinstance(value, str) or value not in TTA_MODES:
-        raise FerError(f"{where}: tta must be one of {', '.join(TTA_MODES)}, got {value!r}")
-    return value
-
-
-def model_temperature(meta: Mapping[str, Any], where: str) -> float:
-    """The checkpoint's or export metadata's ``temperature`` (1.0 when absent), checked."""
-    value = meta.get("temperature")
-    return DEFAULT_TEMPERATURE if value is None else check_temperature(value, where)
-
-
-def model_tta(meta: Mapping[str, Any], where: str) -> str:
-    """The checkpoint's or export metadata's recommended ``tta`` ("none" when absent), checked."""
-    value = meta.get("tta")
-    return DEFAULT_TTA if value is None else check_tta(value, where)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / temperature)`` over axis 1, in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class."""
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
-    return float(-np.log(p).mean())
-
-
-def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float | None]]:
-    """Per confidence bin (equal width on [0, 1]): count, mean confidence, accuracy (None for an
-    empty bin, so the list is valid JSON)."""
-    conf = probs.max(1)
-    correct = (probs.argmax(1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # bin i holds (edges[i], edges[i+1]]; confidence is never below 1/C > 0
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
-    out = []
-    for i in range(bins):
-        m = which == i
-        n = int(m.sum())
-        out.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": n,
-                    "confidence": float(conf[m].mean()) if n else None,
-                    "accuracy": float(correct[m].mean()) if n else None})
-    return out
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the count-weighted mean |accuracy - confidence| over equal-width confidence bins."""
-    total = len(labels)
-    if total == 0:
-        return float("nan")
-    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])  # type: ignore[operator]
-                     for b in calibration_bins(probs, labels, bins) if b["count"]))
-
-
-def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                    views: list[np.ndarray | torch.Tensor] | None = None) -> float:
-    """The temperature ``T > 0`` minimising the NLL of ``softmax(logits / T)`` on these labels.
-
-    With ``views`` (e.g. the logits of the mirrored images), the probabilities are the mean of
-    ``softmax(v / T)`` over ``logits`` and every view: what flip TTA computes at inference.
-    Optimised over ``log T`` (so ``T`` stays positive) with L-BFGS; deterministic for given inputs.
-    """
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-    if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
-        raise FerError(f"cannot fit a temperature on logits of shape {tuple(z.shape)} and {len(y)} labels")
-    zs = [z, *(torch.as_tensor(np.asarray(v), dtype=torch.float64) for v in views or ())]
-    if any(v.shape != z.shape for v in zs):
-        raise FerError("cannot fit a temperature: the views' logits differ in shape")
-    if not all(torch.isfinite(v).all() for v in zs):
-        raise FerError("cannot fit a temperature: the logits contain NaN or inf")
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        if len(zs) == 1:
-            loss = F.cross_entropy(z / log_t.exp(), y)
-        else:
-            p = torch.stack([F.softmax(v / log_t.exp(), dim=1) for v in zs]).mean(0)
-            loss = F.nll_loss(torch.log(p.clamp_min(1e-300)), y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.detach().exp())
-    return check_temperature(t, "fitted temperature")
-
-
-def calibration_summary(probs: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
-    """``{"temperature", "ece", "nll"}`` of probabilities made at ``temperature`` (what reports show)."""
-    return {"temperature": float(temperature), "ece": expected_calibration_error(probs, labels), "nll": nll(probs, labels)}
 
 
 def plot_reliability(probs: np.ndarray, labels: np.ndarray, title: str, dest: str | os.PathLike[str],
@@ -249,8 +151,6 @@ def split_logits(model: Callable[[torch.Tensor], torch.Tensor], split: Split, pr
     ``model`` is a module in eval mode (or any batch -> logits callable) already on ``device``;
     images are normalised with ``pre`` exactly as `fer eval` does. No test-time augmentation.
     """
-    from fercli.data import batches, load_batches, normalize
-
     device = torch.device(device)
     out: np.ndarray | None = None
     index_batches = batches(list(range(len(split))), batch_size)
@@ -280,17 +180,13 @@ def temperature_for(model: Callable[[torch.Tensor], torch.Tensor], split: Split,
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(LoaderOptions):
     """Options of `fer calibrate` (the ``[calibrate]`` table of a config file)."""
 
     model: Path | None = None  # a fercli checkpoint; default: the workspace's student
     manifest: Path | None = None  # default: the workspace's dataset
     split: str = "valid"  # fit on held-out images, never on the test split you report
     out: Path | None = None  # default: rewrite the checkpoint in place
-    batch_size: int = 128
-    workers: int = 2
-    cache: bool = True
-    device: str = "auto"
 
 
 @dataclass
@@ -322,6 +218,7 @@ def run_calibrate(cfg: CalibrateConfig, ws: Workspace, track: Track = no_track, 
     provenance are unchanged, so predictions (the argmax) are too. The bundled model is refused
     unless ``cfg.out`` names another file.
     """
+    # Local imports: checkpoint and inference sit above this module (see the package's import test).
     from fercli.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
     from fercli.data import cache_dir_for, make_split
     from fercli.device import resolve_device

@@ -110,6 +110,16 @@ def load_or_build_cache(paths: Sequence[Path], rel_paths: Sequence[str], size: i
     return arr
 
 
+@dataclass(kw_only=True)
+class LoaderOptions:
+    """The options every stage that runs a model over a manifest's images shares (a config base class)."""
+
+    batch_size: int = 128
+    workers: int = 2  # decoding / augmentation worker processes
+    cache: bool = True  # use the decoded cache (see the module docstring)
+    device: str = "auto"
+
+
 @dataclass
 class Split:
     """The images of one split with their targets, ready to batch."""
@@ -224,12 +234,9 @@ def load_batches(split: Split, index_batches: list[list[int]], workers: int, tra
 
 
 def normalize(x: torch.Tensor, pre: Preprocess, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 ``(B, 3, S, S)`` -> normalised float32 on ``device``, with the preset's mean and std."""
-    x = x.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    """uint8 ``(B, 3, S, S)`` -> normalised float32 on ``device``, with the preset's mean and std
+    (:meth:`fercli.transforms.Preprocess.normalize`)."""
+    return pre.normalize(x, device, channels_last)
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -252,6 +259,6 @@ def cache_dir_for(workspace_root: Path) -> Path:
 
 
 __all__ = [
-    "ArrayDataset", "DecodeDataset", "Split", "batches", "build_cache", "cache_dir_for", "epoch_order",
+    "ArrayDataset", "DecodeDataset", "LoaderOptions", "Split", "batches", "build_cache", "cache_dir_for", "epoch_order",
     "load_batches", "load_or_build_cache", "make_split", "normalize", "stratified_holdout",
 ]

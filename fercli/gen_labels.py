@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from fercli.checkpoint import model_from_checkpoint
-from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
+from fercli.data import LoaderOptions, batches, cache_dir_for, load_batches, make_split, normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.evaluation import vote_agreement
+from fercli.probability import tta_probs
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, dist_columns, make_provenance, read_manifest, write_labels
 from fercli.transforms import preset_from_meta
@@ -30,7 +30,7 @@ from fercli.workspace import Artifact, Workspace
 
 
 @dataclass
-class GenLabelsConfig:
+class GenLabelsConfig(LoaderOptions):
     """Options of `fer gen-labels`."""
 
     teacher: Path | None = None
@@ -40,10 +40,6 @@ class GenLabelsConfig:
     flip: bool = False  # average the softmax of the image and its mirror
     splits: tuple[str, ...] = ("train",)
     force: bool = False  # allow labelling the test split
-    batch_size: int = 128
-    workers: int = 2
-    cache: bool = True
-    device: str = "auto"
 
 
 @dataclass
@@ -99,11 +95,8 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     index_batches = batches(list(range(len(split))), cfg.batch_size)
     probs = np.empty((len(split), len(m.classes)), dtype=np.float64)
     for x, idx in track(load_batches(split, index_batches, cfg.workers), "teacher distributions", len(index_batches)):
-        x = normalize(x, pre, device)
-        p = F.softmax(model(x).double() / cfg.temperature, dim=1)
-        if cfg.flip:
-            p = (p + F.softmax(model(x.flip(-1)).double() / cfg.temperature, dim=1)) / 2
-        probs[idx] = p.cpu().numpy()
+        probs[idx] = tta_probs(lambda v: model(v).double().cpu().numpy(), normalize(x, pre, device), cfg.temperature,
+                               cfg.flip)
     if not np.isfinite(probs).all():
         raise FerError(f"{inputs['teacher'].path}: the teacher produced NaN or infinite outputs; retrain it "
                        "(`fer pretrain-teacher`)")

@@ -3,7 +3,7 @@
 `fer eval` and `fer predict` both go through :class:`Classifier`, so a face gets the same
 preprocessing (the preset stored with the model) and the same probabilities whichever command, and
 whichever backend, produced them. Probabilities are ``softmax(logits / T)`` with the model's stored
-temperature ``T`` (1 when it has none; :mod:`fercli.calibration`), for checkpoints and exports alike.
+temperature ``T`` (1 when it has none; :mod:`fercli.probability`), for checkpoints and exports alike.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fercli.calibration import DEFAULT_TEMPERATURE, DEFAULT_TTA, model_temperature, model_tta, softmax
 from fercli.errors import FerError
 from fercli.fileio import sha256_file
+from fercli.probability import DEFAULT_TEMPERATURE, DEFAULT_TTA, mean_softmax, model_temperature, model_tta, tta_probs, tta_views
 from fercli.schema import read_artifact_meta
 from fercli.transforms import Preprocess, preset_from_meta
 from fercli.workspace import Artifact, Workspace
@@ -162,21 +162,17 @@ class Classifier:
 
     def view_logits(self, x: torch.Tensor, tta_flip: bool = False) -> list[np.ndarray]:
         """Raw logits of each test-time view: the batch, and with ``tta_flip`` also its mirror."""
-        views = [self.logits(x)]
-        if tta_flip:
-            views.append(self.logits(x.flip(-1)))
-        return views
+        return tta_views(self.logits, x, tta_flip)
 
     def probs_from_logits(self, views: Sequence[np.ndarray], temperature: float | None = None) -> np.ndarray:
         """The mean over ``views`` of ``softmax(logits / T)`` (float64), T = the model's temperature
         unless given (``temperature=1.0`` gives the uncalibrated probabilities)."""
-        t = self.temperature if temperature is None else temperature
-        return sum(softmax(v, t) for v in views) / len(views)
+        return mean_softmax(views, self.temperature if temperature is None else temperature)
 
     def probs(self, x: torch.Tensor, tta_flip: bool = False) -> np.ndarray:
         """Calibrated probabilities (N, C) in float64: ``softmax(logits / temperature)``; ``tta_flip``
         averages them with the mirrored batch's."""
-        return self.probs_from_logits(self.view_logits(x, tta_flip))
+        return tta_probs(self.logits, x, self.temperature, tta_flip)
 
 
 def class_mapping(model_classes: tuple[str, ...], data_classes: tuple[str, ...], allow_map: bool, model_name: str,

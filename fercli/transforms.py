@@ -5,8 +5,9 @@ mean/std, as torchvision's pre-trained weights expect) and how a decoded image b
 Checkpoints and exported models store the same three numbers (``input_size``, ``mean``, ``std``),
 so a deployed model is fed exactly like the one that was evaluated.
 
-Presets are looked up by name in :data:`PRESETS`; a later stage adds its own (the training
-augmentation preset) by registering another builder there.
+Presets are looked up by name in :data:`PRESETS`, which holds one: ``eval``, used by every stage
+(training included: its random augmentation runs on uint8 faces before this normalisation, see
+:mod:`fercli.augment`).
 """
 
 from __future__ import annotations
@@ -75,10 +76,19 @@ class Preprocess:
                 out[i] = to_rgb_uint8(img, s, bgr=bgr)
             except FerError as exc:
                 raise FerError(f"image {i}: {exc}") from None
-        x = torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous()
+        return self.normalize(torch.from_numpy(out).permute(0, 3, 1, 2)).contiguous()
+
+    def normalize(self, x: torch.Tensor, device: torch.device | str | None = None,
+                  channels_last: bool = False) -> torch.Tensor:
+        """A uint8 batch ``(N, 3, S, S)`` -> float32 scaled to [0, 1] and normalised with ``mean`` and
+        ``std``, moved to ``device`` first when given; ``channels_last`` returns channels-last memory."""
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        x = x.float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _eval_preset(input_size: int = DEFAULT_INPUT_SIZE, mean: Sequence[float] = IMAGENET_MEAN,
@@ -86,7 +96,8 @@ def _eval_preset(input_size: int = DEFAULT_INPUT_SIZE, mean: Sequence[float] = I
     return Preprocess("eval", check_input_size(input_size), tuple(mean), tuple(std))  # type: ignore[arg-type]
 
 
-# name -> builder(input_size, mean, std); the training augmentation preset is added by the training stage.
+# name -> builder(input_size, mean, std). Training augmentation is not a preset: fercli.augment
+# transforms uint8 faces, which are then normalised like evaluation's.
 PRESETS: dict[str, Callable[..., Preprocess]] = {"eval": _eval_preset}
 
 
