@@ -68,7 +68,7 @@ class BenchConfig:
     """Options of `fer bench` (the ``[bench]`` table of a config file)."""
 
     models: tuple[str, ...] = ("shufflenet_v2", "lfer_head", "lfer")  # registry names or checkpoint paths
-    sizes: tuple[int, ...] = ()  # empty: 224 for registry names, a checkpoint's own input size
+    sizes: tuple[int, ...] = ()  # empty: DEFAULT_INPUT_SIZE (the paper's 224) for registry names, a checkpoint's own size
     batches: tuple[int, ...] = (1, 32)
     backends: tuple[str, ...] = DEFAULT_BACKENDS  # BACKENDS lists every choice
     devices: tuple[str, ...] = ()  # empty: cpu, plus cuda when available
