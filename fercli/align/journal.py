@@ -105,3 +105,4 @@ class Journal:
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
+            self._fh = None
