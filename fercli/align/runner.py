@@ -58,6 +58,8 @@ Batch = list[tuple[dict[str, Any], list[Future]]]  # (journal entry, its crops b
 
 @dataclass
 class AlignResult:
+    """What :func:`run_align` did."""
+
     manifest_path: Path | None
     counts: dict[str, int]  # rows per status
     images: int  # source images in the manifest
