@@ -32,10 +32,12 @@ from typing import Any, Union
 
 import numpy as np
 
-from fercli.align.core import FACE_CHOICES, select_faces
-from fercli.align.detectors import DETECTORS, HAAR, auto_detector, hub_weights_path, load_detector, weights_variant
+from fercli.align.config import (DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE_SIZE,
+                                 DEFAULT_MIN_SCORE, DEFAULT_SIZE, FACE_CHOICES, HAAR, check_face_filters)
+from fercli.align.detectors import DETECTORS, auto_detector, hub_weights_path, load_detector, weights_variant
+from fercli.align.faces import crop_face, no_face_reason, select_faces
 from fercli.align.imageio import ImageProblem, LoadedImage, decode_image, load_image
-from fercli.align.transform import align_face, box_crop, check_geometry
+from fercli.align.transform import check_geometry
 from fercli.calibration import TTA_MODES
 from fercli.errors import FerError
 from fercli.inference import Classifier, resolve_model
@@ -94,14 +96,14 @@ class RecognizerConfig:
     """How a :class:`Recognizer` is built; the detection options mean what they mean for `fer align`."""
 
     model: Path | None = None  # a checkpoint or export; None: the workspace's student, else the bundled model
-    detector: str = "auto"  # auto: a cached RetinaFace, else OpenCV's Haar cascade (never downloads); none: no detector
+    detector: str = DEFAULT_DETECTOR  # auto: a cached RetinaFace, else OpenCV's Haar cascade (never downloads); none: no detector
     detector_weights: Path | None = None
     faces: str = "all"  # all, largest or best
-    min_score: float = 0.8
-    min_face_size: float = 0.0  # px, the box's shorter side in the input picture
-    size: int = 224  # alignment output size (then resized to the model's input size)
-    margin: float = 0.0
-    detect_size: int = 640  # longest side of the detector's input
+    min_score: float = DEFAULT_MIN_SCORE
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE  # px, the box's shorter side in the input picture
+    size: int = DEFAULT_SIZE  # alignment output size (then resized to the model's input size)
+    margin: float = DEFAULT_MARGIN
+    detect_size: int = DEFAULT_DETECT_SIZE  # longest side of the detector's input
     tta: str | None = None  # none or flip; None: the model's recommendation
     device: str = "auto"
     threads: int | None = None
@@ -114,10 +116,7 @@ class RecognizerConfig:
             raise FerError(f"--tta must be none or flip, got {self.tta!r}")
         if self.faces not in FACE_CHOICES:
             raise FerError(f"--faces must be all, largest or best, got {self.faces!r}")
-        if not 0 <= self.min_score < 1:
-            raise FerError(f"--min-score must be in [0, 1), got {self.min_score}")
-        if self.min_face_size < 0:
-            raise FerError(f"--min-face-size must be >= 0, got {self.min_face_size}")
+        check_face_filters(self.min_score, self.min_face_size)
         if self.max_faces is not None and self.max_faces < 1:
             raise FerError(f"--max-faces must be >= 1, got {self.max_faces}")
         check_geometry(self.size, self.margin)
@@ -132,16 +131,15 @@ def _face_pixels(image: Any, color: str | None) -> np.ndarray:
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
         raise FerError(f"expected uint8 pixels, got {arr.dtype} (scale to 0..255 and convert first)")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        return np.ascontiguousarray(arr)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
+    if arr.ndim == 3 and arr.shape[2] in (3, 4) and min(arr.shape[:2]) >= 1:  # colour: the order must be said
+        if color not in COLOR_ORDERS:
+            raise FerError(f"a colour array needs color='bgr' (OpenCV) or color='rgb' (PIL, imageio), got {color!r}")
+        # alpha is dropped, as for files
+        return np.ascontiguousarray(arr[:, :, :3] if color == "bgr" else arr[:, :, 2::-1])
+    grey = arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr
+    if grey.ndim != 2:
         raise FerError(f"expected HxW, HxWx3 or HxWx4 pixels, got shape {arr.shape}")
-    if color not in COLOR_ORDERS:
-        raise FerError(f"a colour array needs color='bgr' (OpenCV) or color='rgb' (PIL, imageio), got {color!r}")
-    arr = arr[:, :, :3]  # alpha is dropped, as for files
-    return np.ascontiguousarray(arr if color == "bgr" else arr[:, :, ::-1])
+    return np.ascontiguousarray(grey)
 
 
 class Recognizer:
@@ -271,18 +269,12 @@ class Recognizer:
             chosen = select_faces(faces, pic.scale, cfg.faces, cfg.min_face_size)
             res = Detection(found=len(faces))
             if not chosen:
-                res.reason = ((f"no face with score > {min_score:g}" if name != HAAR else "no face found by haar")
-                              if not faces else
-                              f"{len(faces)} face(s) found, all smaller than --min-face-size {cfg.min_face_size:g} px")
+                res.reason = no_face_reason(name, min_score, len(faces), cfg.min_face_size)
             if max_faces is not None and len(chosen) > max_faces:
                 chosen, res.capped = chosen[:max_faces], True
             for i in chosen:
                 face = faces[i]
-                if face.landmarks is not None:
-                    crop = align_face(pic.image, face.landmarks, cfg.size, cfg.margin)
-                else:  # a box-only detector (haar): a square crop around the box
-                    x1, y1, x2, y2 = face.box
-                    crop = box_crop(pic.image, np.array([x1, y1, x2 - x1, y2 - y1]), cfg.size, cfg.margin)
+                crop = crop_face(pic.image, face, cfg.size, cfg.margin)
                 orig = face.scaled(1.0 / pic.scale)
                 res.faces.append(FaceCrop(
                     self._rgb(crop, size), [round(float(v), 2) for v in orig.box],

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from fercli.align import load_image
-from fercli.align.imageio import ImageProblem, LoadedImage
+from fercli.align.config import (DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE_SIZE,
+                                 DEFAULT_MIN_SCORE, DEFAULT_SIZE)
+from fercli.align.imageio import ImageProblem, LoadedImage, load_image
 # CLASSIFY_BATCH and FaceResult live in fercli.api now; they stay importable from here.
 from fercli.api import CLASSIFY_BATCH, NO_DETECTOR, FaceCrop, FaceResult, Recognizer, RecognizerConfig  # noqa: F401
 from fercli.errors import FerError
@@ -41,14 +42,14 @@ class PredictConfig:
 
     inputs: tuple[str, ...] = ()
     model: Path | None = None  # default: the workspace's student
-    detector: str = "auto"  # auto: a cached RetinaFace, else OpenCV's Haar cascade (never downloads)
+    detector: str = DEFAULT_DETECTOR  # auto: a cached RetinaFace, else OpenCV's Haar cascade (never downloads)
     detector_weights: Path | None = None
     faces: str = "all"  # all, largest or best
-    min_score: float = 0.8
-    min_face_size: float = 0.0
-    size: int = 224  # alignment output size, as `fer align --size`
-    margin: float = 0.0
-    detect_size: int = 640
+    min_score: float = DEFAULT_MIN_SCORE
+    min_face_size: float = DEFAULT_MIN_FACE_SIZE
+    size: int = DEFAULT_SIZE  # alignment output size, as `fer align --size`
+    margin: float = DEFAULT_MARGIN
+    detect_size: int = DEFAULT_DETECT_SIZE
     no_detect: bool = False  # each image is already an aligned face
     every: int = 30  # videos among several inputs (or with --every): classify every N-th frame as a picture
     tta: str | None = None  # none or flip; default: the model's recommendation (Classifier.tta)

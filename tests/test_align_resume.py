@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from fercli.align import AlignConfig, run_align
-from fercli.align.core import JOURNAL_NAME
+from fercli.align.journal import JOURNAL_NAME
 from fercli.schema import read_manifest, read_parquet_meta
 
 REPO = Path(__file__).resolve().parents[1]

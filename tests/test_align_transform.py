@@ -132,7 +132,7 @@ def test_bad_geometry_is_a_fer_error(size, margin) -> None:
 
 
 def test_select_faces_modes_and_min_size() -> None:
-    from fercli.align.core import select_faces
+    from fercli.align.faces import select_faces
     from fercli.align.detectors import Face
 
     def face(x1, y1, x2, y2, score):

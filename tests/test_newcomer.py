@@ -384,7 +384,7 @@ def test_status_and_help_run_without_torch(tmp_path: Path):
 
 
 def test_names_spelled_out_for_help_agree_with_their_sources():
-    from fercli.align.core import MODES
+    from fercli.align.config import MODES
     from fercli.commands.bench import MODEL_NAMES
     from fercli.commands.data import FORMATS as HELP_FORMATS
     from fercli.commands.train import RECIPE_NAMES

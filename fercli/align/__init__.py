@@ -7,11 +7,22 @@ Library use::
     img = load_image("photo.jpg").image
     faces = det.detect_faces([img], min_score=0.8)[0]          # best first
     crop = align_face(img, faces[0].landmarks, size=224)        # ArcFace template, 224x224
+
+Modules: :mod:`~fercli.align.config` (options and detection defaults), :mod:`~fercli.align.sources`
+(what to align), :mod:`~fercli.align.detectors` (registry, weights, Haar) with
+:mod:`~fercli.align.retinaface_detector` (batched inference) and :mod:`~fercli.align.retinaface_nets`
+(the networks), :mod:`~fercli.align.faces` (which faces to keep and their crops),
+:mod:`~fercli.align.transform` (the alignment itself), :mod:`~fercli.align.imageio` (robust decoding),
+and `fer align`'s run: :mod:`~fercli.align.runner` with :mod:`~fercli.align.dataset`,
+:mod:`~fercli.align.journal` and :mod:`~fercli.align.outputs`.
 """
 
-from fercli.align.core import AlignConfig, AlignResult, Source, load_source, run_align, select_faces
-from fercli.align.detectors import DETECTORS, Face, RetinaFaceDetector, load_detector, resolve_device
+from fercli.align.config import AlignConfig
+from fercli.align.detectors import DETECTORS, RetinaFaceDetector, load_detector, resolve_device
+from fercli.align.faces import Face, select_faces
 from fercli.align.imageio import ImageProblem, LoadedImage, load_image, write_image
+from fercli.align.runner import AlignResult, run_align
+from fercli.align.sources import Source, load_source
 from fercli.align.transform import ARCFACE_112, LANDMARK_WEIGHTS, align_face, alignment_matrix, box_crop, resize_face, template
 
 __all__ = [
