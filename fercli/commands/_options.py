@@ -11,6 +11,8 @@ takes, by the config dataclass's field names, so a command lists only what it re
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -51,6 +53,27 @@ SplitFractions = option(str, "--split-fractions", help="Class folders without tr
                         "stratified by class and seeded: TRAIN,VALID,TEST fractions \\[default: 0.8,0.1,0.1].")
 NoSplit = option(bool, "--no-split", help="Keep every image of such a folder in train (training then needs --val-fraction).")
 Manifest = Annotated[Optional[Path], typer.Argument(help="Dataset manifest \\[default: the workspace's dataset].")]
+
+
+# What every stage that runs a model over a manifest takes (fer gen-labels, calibrate, eval).
+INFERENCE: dict[str, Any] = {"batch_size": BatchSize, "workers": Workers, "cache": Cache, "device": Device}
+
+
+def with_options(after: str, options: dict[str, Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add ``options`` (name -> annotation, e.g. :data:`INFERENCE`) to a command's parameters after
+    ``after``, as ``--help`` lists them; the command receives them in its ``**kwargs``."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        at = next(i for i, p in enumerate(own) if p.name == after) + 1
+        added = [inspect.Parameter(name, keyword, annotation=ann, default=None) for name, ann in options.items()]
+        # typer passes every parameter by name: all but the context may be keyword-only, in any order
+        params = [own[0], *(p.replace(kind=keyword) for p in own[1:at]), *added, *(p.replace(kind=keyword) for p in own[at:])]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
 
 
 def given(cls: type, params: dict[str, Any], **renamed: Any) -> dict[str, Any]:

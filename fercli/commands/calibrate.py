@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -23,18 +23,16 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("out", _o.INFERENCE)
 def calibrate(
     ctx: typer.Context,
     ckpt: Optional[Path] = typer.Argument(None, help="fercli checkpoint \\[default: the workspace's student]."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Labelled manifest \\[default: the workspace's dataset]."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to fit on: train, valid or test \\[default: valid]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Checkpoint to write \\[default: CKPT itself, in place]."),
-    batch_size: _o.BatchSize = None,
-    workers: _o.Workers = None,
-    cache: _o.Cache = None,
-    device: _o.Device = None,
     config: Optional[Path] = _o.config_file("calibrate"),
     json_out: bool = _o.json_flag("result"),
+    **inference: Any,
 ) -> None:
     """Fit the softmax temperature (temperature scaling) that makes the probabilities calibrated.
 
@@ -45,7 +43,7 @@ def calibrate(
     from fercli.calibration import CalibrateConfig, run_calibrate
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(CalibrateConfig, "calibrate", _o.given(CalibrateConfig, locals(), model=ckpt), ws, config)
+    cfg = build_config(CalibrateConfig, "calibrate", _o.given(CalibrateConfig, locals(), model=ckpt, **inference), ws, config)
     res = run_calibrate(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                         on_inputs=_ui.announcer(ctx, ws))
     summary = res.summary()

@@ -28,6 +28,7 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("out", _o.INFERENCE)
 def eval_(
     ctx: typer.Context,
     manifest: Optional[Path] = typer.Argument(None, help="Manifest \\[default: the workspace's dataset]."),
@@ -36,10 +37,6 @@ def eval_(
     tta: Optional[str] = typer.Option(None, "--tta", help="none or flip (average with the mirrored face) \\[default: the model's recommendation, usually none]."),
     map_: Optional[bool] = typer.Option(None, "--map", help="Score on the shared classes when one class list contains the other."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory \\[default: WORKSPACE/eval]."),
-    batch_size: _o.BatchSize = None,
-    workers: _o.Workers = None,
-    cache: _o.Cache = None,
-    device: _o.Device = None,
     threads: _o.Threads = None,
     runtime: _o.Runtime = None,
     config: Optional[Path] = _o.config_file("eval", "an"),
@@ -49,13 +46,14 @@ def eval_(
                                               "writes robustness.json and robustness.png."),
     corruptions: Optional[str] = typer.Option(None, "--corruptions", help="With --robustness: only these corruptions "
                                               "(comma-separated names) \\[default: all]."),
+    **inference: Any,
 ) -> None:
     """Accuracy, mean per-class accuracy, per-class precision/recall/F1, the confusion matrix, and the
     calibration of the probabilities (ECE over 15 bins, NLL, a reliability diagram)."""
     from fercli.evaluation import EvalConfig, run_eval
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(EvalConfig, "eval", _o.given(EvalConfig, locals(), map=map_), ws, config)
+    cfg = build_config(EvalConfig, "eval", _o.given(EvalConfig, locals(), map=map_, **inference), ws, config)
     res = run_eval(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
     rep = res.report
     if json_out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -21,6 +21,7 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("force", _o.INFERENCE)
 def gen_labels(
     ctx: typer.Context,
     manifest: _o.Manifest = None,
@@ -30,18 +31,15 @@ def gen_labels(
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Average with the mirrored image."),
     splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits to label (default: train)."),
     force: Optional[bool] = typer.Option(None, "--force", help="Allow labelling the test split."),
-    batch_size: _o.BatchSize = None,
-    workers: _o.Workers = None,
-    cache: _o.Cache = None,
-    device: _o.Device = None,
     config: Optional[Path] = _o.config_file("gen-labels"),
     json_out: bool = _o.json_flag("summary"),
+    **inference: Any,
 ) -> None:
     """Write the teacher's softmax for every labelled training image as label distributions (parquet)."""
     from fercli.gen_labels import GenLabelsConfig, run_gen_labels
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(GenLabelsConfig, "gen-labels", _o.given(GenLabelsConfig, locals()), ws, config)
+    cfg = build_config(GenLabelsConfig, "gen-labels", _o.given(GenLabelsConfig, locals(), **inference), ws, config)
     res = run_gen_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                           on_inputs=_ui.announcer(ctx, ws))
     if json_out:
