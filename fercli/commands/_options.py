@@ -1,8 +1,10 @@
 """Options that several commands share, declared once: their flag, type and help text.
 
 A command writes ``device: _o.Device = None``; the alias carries the flag and its help (typer
-reads ``Annotated`` metadata). The help texts state no defaults that a stage dataclass could
-change without them (those that do are pinned against the dataclasses by tests/test_options.py).
+reads ``Annotated`` metadata). A group of options several commands take together is added by
+:func:`with_options` (e.g. :data:`INFERENCE`). Help texts spell defaults out instead of reading the
+stage dataclasses, whose modules import torch, which `fer --help` must not wait for; every default a
+help text states is pinned against its dataclass by tests/test_options.py.
 
 :func:`given` turns a command's parameters into the overrides :func:`fercli.config.build_config`
 takes, by the config dataclass's field names, so a command lists only what it renames or reshapes.
