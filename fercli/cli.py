@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import typer
@@ -72,21 +73,29 @@ def _main(
     ctx.obj = _ui.State(workspace=workspace, quiet=quiet)
 
 
-# In pipeline order, as `fer --help` lists them.
-app.add_typer(data_cmd.app, name="data")
-app.command("align", epilog=align_cmd.EXAMPLE)(align_cmd.align)
-app.command("pretrain-teacher", epilog=train_cmd.TEACHER_EXAMPLE)(train_cmd.pretrain_teacher)
-app.command("gen-labels", epilog=gen_labels_cmd.EXAMPLE)(gen_labels_cmd.gen_labels)
-app.command("train", epilog=train_cmd.TRAIN_EXAMPLE)(train_cmd.train)
-app.command("calibrate", epilog=calibrate_cmd.EXAMPLE)(calibrate_cmd.calibrate)
-app.command("eval", epilog=eval_cmd.EXAMPLE)(eval_cmd.eval_)
-app.command("bench", epilog=bench_cmd.EXAMPLE)(bench_cmd.bench)
-app.command("export", epilog=export_cmd.EXAMPLE)(export_cmd.export)
-app.command("predict", epilog=predict_cmd.EXAMPLE)(predict_cmd.predict)
-app.command("serve", epilog=serve_cmd.EXAMPLE)(serve_cmd.serve)
-app.command("doctor", epilog=doctor_cmd.EXAMPLE)(doctor_cmd.doctor)
-app.command("status", epilog=status_cmd.EXAMPLE)(status_cmd.status)
-app.command("demo", epilog=demo_cmd.EXAMPLE)(demo_cmd.demo)
+# Command name -> (its function, the examples under its --help), in pipeline order as `fer --help` lists
+# them. Each command lives in the fercli.commands module of its name (pretrain-teacher beside train in
+# commands/train.py); that module imports its stage's core module (fercli.align.core, fercli.training,
+# fercli.gen_labels, fercli.calibration, fercli.evaluation, ...) only when the command runs.
+COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
+    "align": (align_cmd.align, align_cmd.EXAMPLE),
+    "pretrain-teacher": (train_cmd.pretrain_teacher, train_cmd.TEACHER_EXAMPLE),
+    "gen-labels": (gen_labels_cmd.gen_labels, gen_labels_cmd.EXAMPLE),
+    "train": (train_cmd.train, train_cmd.TRAIN_EXAMPLE),
+    "calibrate": (calibrate_cmd.calibrate, calibrate_cmd.EXAMPLE),
+    "eval": (eval_cmd.eval_, eval_cmd.EXAMPLE),
+    "bench": (bench_cmd.bench, bench_cmd.EXAMPLE),
+    "export": (export_cmd.export, export_cmd.EXAMPLE),
+    "predict": (predict_cmd.predict, predict_cmd.EXAMPLE),
+    "serve": (serve_cmd.serve, serve_cmd.EXAMPLE),
+    "doctor": (doctor_cmd.doctor, doctor_cmd.EXAMPLE),
+    "status": (status_cmd.status, status_cmd.EXAMPLE),
+    "demo": (demo_cmd.demo, demo_cmd.EXAMPLE),
+}
+app.add_typer(data_cmd.app, name="data")  # `fer data import` and `fer data info`
+for _name, (_function, _example) in COMMANDS.items():
+    app.command(_name, epilog=_example)(_function)
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -3,7 +3,8 @@
 Each stage defines one dataclass. :func:`build_config` fills it from the workspace's config table
 for the stage, then an explicit config file (a table named after the stage, or a flat mapping),
 then the flags the user actually passed (``None`` means "not given"), converting and checking
-types so a typo in a config file is a one-line error naming the file and key.
+types so a typo in a config file is a one-line error naming the file and key. Config files (the
+workspace's ``fer.toml``/``fer.yaml`` and ``--config``) are parsed by :func:`load_config_file`.
 
 Then it validates the finished config (:func:`validate_config`): every option's range, choice and
 path, in one place per stage (:data:`VALIDATORS`, below), before any data is read or anything
@@ -19,6 +20,7 @@ import dataclasses
 import math
 import os
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Callable
@@ -26,7 +28,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fercli.errors import FerError
-from fercli.workspace import Workspace, load_config_file
+
+if typing.TYPE_CHECKING:
+    from fercli.workspace import Workspace
 
 C = TypeVar("C")
 
@@ -112,6 +116,31 @@ def _with_origin(message: str, origins: dict[str, str]) -> str:
         if where != "command line" and re.match(rf"{re.escape(flag(name))}(?![\w-])", message):
             return f"{message} (set by {name!r} in {where}: fix it there, or pass {flag(name)} to override)"
     return message
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a TOML or YAML config file into a dict, with a one-line error when malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FerError(f"{path}: config file not found")
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(path.read_text()) or {}
+        else:
+            raise FerError(f"{path}: config files must be .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FerError(f"{path}: malformed config ({exc})") from exc
+    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
+        if type(exc).__module__.startswith("yaml"):
+            raise FerError(f"{path}: malformed config ({' '.join(str(exc).split())})") from exc
+        raise
+    if not isinstance(data, dict):
+        raise FerError(f"{path}: config must be a mapping of option names to values")
+    return data
 
 
 def build_config(

@@ -23,6 +23,7 @@ from typing import Any
 
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_text
+from fercli.pipeline import MADE_BY
 from fercli.schema import read_artifact_meta
 from fercli.workspace import ENV_VAR as WORKSPACE_ENV
 from fercli.workspace import Workspace, format_summary
@@ -33,17 +34,16 @@ FORMATS = ("ferplus", "rafdb", "affectnet", "folder")
 MARKER = ".fer-demo"
 
 # Budgets for a 2-core CPU: minutes for the synthetic sample, about a quarter of an hour on real data.
-SYNTHETIC_TOML = """# fer demo: budgets for the synthetic sample on a small CPU
+# The stages' tables are the same for both; each fills in its own settings (lines ending in a newline).
+def _fer_toml(title: str, align: str, teacher: str, student: str, eval_: str = "") -> str:
+    return f"""# {title}
 [align]
-detector = "landmarks"  # the sample's landmarks are known: alignment undoes position, scale and rotation
-size = 64
+{align}size = 64
 
 [pretrain-teacher]
 arch = "resnet18"
 input_size = 64
-epochs = {teacher_epochs}
-lr_step = {teacher_step}
-workers = 0
+{teacher}workers = 0
 
 [gen-labels]
 workers = 0
@@ -51,42 +51,28 @@ workers = 0
 [train]
 arch = "lfer"
 input_size = 64
-epochs = {student_epochs}
-lr = 0.05
-lr_step = {student_step}
-workers = 0
+{student}workers = 0
 
 [eval]
 workers = 0
-"""
-REAL_TOML = """# fer demo on a real dataset: a short budget, the same stages
-[align]
-detector = "{detector}"
-size = 64
+{eval_}"""
 
-[pretrain-teacher]
-arch = "resnet18"
-input_size = 64
-epochs = 3
-limit = {limit}
-val_fraction = 0.1  # used only when the dataset has no valid split (RAF-DB, AffectNet)
-workers = 0
 
-[gen-labels]
-workers = 0
+def synthetic_toml(teacher_epochs: int, teacher_step: int, student_epochs: int, student_step: int) -> str:
+    return _fer_toml(
+        "fer demo: budgets for the synthetic sample on a small CPU",
+        'detector = "landmarks"  # the sample\'s landmarks are known: alignment undoes position, scale and rotation\n',
+        f"epochs = {teacher_epochs}\nlr_step = {teacher_step}\n",
+        f"epochs = {student_epochs}\nlr = 0.05\nlr_step = {student_step}\n")
 
-[train]
-arch = "lfer"
-input_size = 64
-epochs = 3
-limit = {limit}
-val_fraction = 0.1
-workers = 0
 
-[eval]
-workers = 0
-split = "{split}"
-"""
+def real_toml(detector: str, limit: int, split: str) -> str:
+    return _fer_toml(
+        "fer demo on a real dataset: a short budget, the same stages", f'detector = "{detector}"\n',
+        f"epochs = 3\nlimit = {limit}\nval_fraction = 0.1  # used only when the dataset has no valid split (RAF-DB, AffectNet)\n",
+        f"epochs = 3\nlimit = {limit}\nval_fraction = 0.1\n", f'split = "{split}"\n')
+
+
 # Shared by both: a short latency check of the student, and `fer predict img.png` on an aligned crop.
 COMMON_TOML = """
 [bench]
@@ -166,23 +152,18 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
         announce("generating the synthetic sample in raw/ (drawn faces; nothing downloaded, no licence needed)")
         make_sample(out / "raw", TINY_SAMPLE if cfg.tiny else SAMPLE, seed=cfg.seed)
         epochs = (1, 1, 2, 2) if cfg.tiny else (6, 4, 12, 9)
-        atomic_write_text(out / "fer.toml", SYNTHETIC_TOML.format(
-            teacher_epochs=epochs[0], teacher_step=epochs[1], student_epochs=epochs[2], student_step=epochs[3])
-            + COMMON_TOML)
+        atomic_write_text(out / "fer.toml", synthetic_toml(*epochs) + COMMON_TOML)
         commands = [["align", "raw/", "aligned/"]]
     else:
         detector = "landmarks" if cfg.format == "affectnet" else "none"
         limit = 200 if cfg.tiny else 3000
-        toml = REAL_TOML.format(detector=detector, limit=limit, split="test") + COMMON_TOML
+        toml = real_toml(detector, limit, "test") + COMMON_TOML
         atomic_write_text(out / "fer.toml", toml)
         commands = [["data", "import", str(cfg.format), str(Path(cfg.data).resolve())], ["align"]]
-    beta = "0.6" if cfg.format == "affectnet" else "0.2"  # the paper's best beta per dataset
-    commands += [["pretrain-teacher"], ["gen-labels"], ["train", "--beta", beta], ["eval"], ["bench"], ["export"]]
-
-    kinds = {"align": "dataset", "import": "dataset", "pretrain-teacher": "teacher", "gen-labels": "labels",
-             "train": "student", "eval": "eval", "export": "export"}
+    commands += [["pretrain-teacher"], ["gen-labels"], ["train", "--beta", _paper_beta(cfg.format)], ["eval"], ["bench"],
+                 ["export"]]
     for args in commands:
-        result.stages.append(_run(args, out, announce, echo, ws, kinds))
+        result.stages.append(_run(args, out, announce, echo, ws))
         if args[0] == "align" and not synthetic and not _has_labelled(ws, "test"):
             # FERPlus as shared has no test split: score on valid, and say so in the report
             atomic_write_text(out / "fer.toml", toml.replace('split = "test"', 'split = "valid"'))
@@ -191,11 +172,19 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
     crops = sorted(p for p in aligned.rglob("*.png") if "test" in p.parts or "valid" in p.parts) or sorted(aligned.rglob("*.png"))
     if crops:
         shutil.copy(crops[0], out / "img.png")
-        result.stages.append(_run(["predict", "img.png"], out, announce, echo, ws, kinds))
+        result.stages.append(_run(["predict", "img.png"], out, announce, echo, ws))
     report = json.loads((out / "eval" / "report.json").read_text())
     result.test_accuracy, result.eval_split = report["accuracy"], report["manifest"]["split"]
     result.report = write_report(result, report)
     return result
+
+
+def _paper_beta(dataset_format: str | None) -> str:
+    """The paper's best combo-loss beta for the dataset: the affectnet recipe's, else the default."""
+    from fercli.training import RECIPES, TrainConfig  # torch: only once the demo runs
+
+    beta = RECIPES["affectnet"]["beta"] if dataset_format == "affectnet" else TrainConfig().beta
+    return f"{beta:g}"
 
 
 def _has_labelled(ws: Workspace, split: str) -> bool:
@@ -205,8 +194,8 @@ def _has_labelled(ws: Workspace, split: str) -> bool:
     return path is not None and not read_manifest(path).labelled([split]).empty
 
 
-def _run(args: list[str], out: Path, announce: Callable[[str], None], echo: Callable[[str], None], ws: Workspace,
-         kinds: dict[str, str]) -> StageRun:
+def _run(args: list[str], out: Path, announce: Callable[[str], None], echo: Callable[[str], None],
+         ws: Workspace) -> StageRun:
     typed = "fer " + " ".join(shlex.quote(a) for a in args)
     announce(typed)
     t0 = time.perf_counter()
@@ -219,10 +208,10 @@ def _run(args: list[str], out: Path, announce: Callable[[str], None], echo: Call
         raise FerError(f"demo stage `{typed}` failed (exit {proc.returncode}): "
                        f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
     run = StageRun(typed, seconds, output=proc.stdout)
-    stage = args[1] if args[0] == "data" else args[0]
-    if stage in kinds:
+    stage = " ".join(args[:2]) if args[0] == "data" else args[0]
+    if stage in MADE_BY:
         ws.reload()  # the stage ran in another process
-        run.artifact, run.figure = _figure(ws, kinds[stage])
+        run.artifact, run.figure = _figure(ws, MADE_BY[stage])
     if stage == "predict":  # the table row of img.png: input, face, box, label, probability
         row = next((ln for ln in proc.stdout.splitlines() if "img.png" in ln and "│" in ln), "")
         cells = [c.strip() for c in row.split("│") if c.strip()]

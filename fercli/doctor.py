@@ -115,7 +115,8 @@ class Package:
         return f"pip install '{self.spec}'"
 
 
-# The ranges follow pyproject.toml. "Required" means `fer` cannot start or its core stages fail
+# The ranges are pyproject.toml's (tests/test_options.py pins them: an installed fercli's metadata
+# is not always at hand, e.g. when run from a checkout). "Required" means `fer` cannot start or its core stages fail
 # without it; the rest are needed by one feature, and their absence is reported as missing only.
 PACKAGES: tuple[Package, ...] = (
     Package("torch", ("torch",), True, "every model", "torch>=2.1,<3"),
@@ -357,8 +358,10 @@ def check_workspace(workspace: Workspace | None, error: str | None = None) -> li
     """
     if workspace is None:
         return [Check("workspace", "directory", "warning", "-", "pass --workspace DIR (a directory)", error or "")]
+    from fercli.config import load_config_file
     from fercli.errors import FerError
-    from fercli.workspace import CONFIG_FILES, ENV_VAR, load_config_file
+    from fercli.schema import CONFIG_FILES
+    from fercli.workspace import ENV_VAR
 
     origin = f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "--workspace or the current directory"
     root: Path = workspace.root

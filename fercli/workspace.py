@@ -9,7 +9,8 @@ artifact it is recorded as the workspace's *current* one of its kind (``.fer/sta
 Every artifact records the sha256 of the inputs it was made from. Resolving a stage's inputs
 checks them against each other and, for inputs taken from the workspace implicitly, against the
 workspace's current artifacts: labels made from another manifest or an older teacher are refused
-with the command that remakes them.
+with the command that remakes them (the stages and their commands: :mod:`fercli.pipeline`; the
+`fer status` report: :mod:`fercli.status`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fercli.classes import check_same_classes
+from fercli.config import load_config_file
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_json, sha256_file
+from fercli.pipeline import STAGES
 from fercli.schema import ARTIFACT_FILES, CONFIG_FILES, MANIFEST_NAME, STATE_FILE, content_sha256, read_artifact_meta
 
 ENV_VAR = "FER_WORKSPACE"
@@ -39,32 +41,6 @@ FILES_INSIDE: dict[str, tuple[str, ...]] = {
 }
 WHAT = {"dataset": "a dataset manifest (.parquet)", "teacher": "a checkpoint (.pt)", "student": "a checkpoint (.pt)",
         "labels": "a labels file (.parquet)", "eval": "an eval report (.json)", "export": "an exported model"}
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline stage: the artifact kind it makes, the command that makes it, what it reads."""
-
-    kind: str
-    command: str
-    inputs: tuple[str, ...]
-    alternative: str = ""  # another command that makes the same kind of artifact
-
-    @property
-    def how(self) -> str:
-        return f"`{self.command}`" + (f" or `{self.alternative}`" if self.alternative else "")
-
-
-# In pipeline order; `fer status` suggests the first stage whose artifact is missing or stale.
-PIPELINE: tuple[Stage, ...] = (
-    Stage("dataset", "fer align SRC aligned/", (), "fer data import FORMAT SRC"),
-    Stage("teacher", "fer pretrain-teacher", ("dataset",)),
-    Stage("labels", "fer gen-labels", ("dataset", "teacher")),
-    Stage("student", "fer train --beta 0.2", ("dataset", "labels")),
-    Stage("eval", "fer eval", ("student", "dataset")),
-    Stage("export", "fer export", ("student",)),
-)
-STAGES: dict[str, Stage] = {s.kind: s for s in PIPELINE}
 
 
 @dataclass
@@ -393,114 +369,8 @@ class Workspace:
             text += f"; {format_summary(run_summary(art.kind, art.path, art.summary))}"
         return text + ")"
 
-    # ---- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Every artifact kind: where it is, when made, from what, stale or not; and the next stage
-        (with the options the dataset needs: ``--val-fraction`` without a valid split, ``--split
-        valid`` without a test split)."""
-        rows = []
-        states: dict[str, str] = {}
-        next_cmd = None
-        splits: dict[str, int] | None = None  # labelled images per split of the current dataset
-        for stage in PIPELINE:
-            path = self.current_path(stage.kind)
-            row: dict[str, Any] = {"kind": stage.kind, "path": None, "state": "missing", "made_by": stage.command}
-            if path is not None:
-                row["path"] = self.rel(path)
-                try:
-                    info = self.artifact_info(path)
-                    art = Artifact(stage.kind, path, info, implicit=True)
-                except (FerError, OSError) as exc:
-                    row.update(state="unreadable", problem=str(exc))
-                else:
-                    if stage.kind == "dataset":
-                        splits = info.get("labelled_splits")
-                    why = self.staleness(art)
-                    if why is None:  # made from an artifact that is itself stale: stale too
-                        bad = [k for k in art.provenance.get("inputs", {}) if states.get(k) == "stale"]
-                        if bad:
-                            why = f"{self.rel(path)} was made from {bad[0]}, which is stale"
-                    row.update(
-                        state="stale" if why else "ok",
-                        created=art.created,
-                        summary=run_summary(stage.kind, path, art.summary),
-                        inputs={k: v.get("path") for k, v in art.provenance.get("inputs", {}).items() if isinstance(v, dict)},
-                    )
-                    if why:
-                        row["problem"] = why
-            states[stage.kind] = row["state"]
-            if row["state"] != "ok" and next_cmd is None and stage.kind not in ("eval", "export"):
-                next_cmd = stage
-            rows.append(row)
-        if next_cmd is None:
-            pending = [r for r in rows if r["state"] != "ok"]
-            next_cmd = STAGES[pending[0]["kind"]] if pending else None
-        command, note = self._next_command(next_cmd, splits, states)
-        return {"workspace": str(self.root), "config": self.rel(self.config_file) if self.config_file else None,
-                "artifacts": rows, "next": command, "note": note}
+        """`fer status`'s report of this workspace: see :func:`fercli.status.status_report`."""
+        from fercli.status import status_report  # it imports this module
 
-    def _configured(self, section: str, key: str) -> bool:
-        try:
-            return key in self.config_section(section)
-        except FerError:
-            return False
-
-    def _next_command(self, stage: Stage | None, splits: dict[str, int] | None,
-                      states: dict[str, str]) -> tuple[str | None, str | None]:
-        """The command that makes ``stage``'s artifact, with what the dataset's splits require, and
-        ``--overwrite`` where a stale training run is in the way (train refuses to reuse a run whose
-        inputs changed)."""
-        if stage is None:
-            return None, None
-        command, note = self._next_command_for_data(stage, splits, states)
-        if command is not None and stage.kind in ("teacher", "student") and states.get(stage.kind) == "stale":
-            command += " --overwrite"
-            note = "; ".join(filter(None, [note, f"the {stage.kind} was trained on older inputs: --overwrite trains "
-                                                  "it again in place"]))
-        return command, note
-
-    def _next_command_for_data(self, stage: Stage, splits: dict[str, int] | None,
-                               states: dict[str, str]) -> tuple[str | None, str | None]:
-        if splits is None or states.get("dataset") != "ok" or stage.kind in ("dataset", "export"):
-            return stage.command, None
-        dataset = self.rel(self.current_path("dataset") or "dataset")
-        if not any(splits.values()):
-            return STAGES["dataset"].command, (
-                f"{dataset} has no labelled images (photos without class folders): sort them into class subfolders "
-                "(happiness/, sadness/, ...) and rerun `fer align`, or classify them as they are with `fer predict`")
-        if stage.kind in ("teacher", "student") and not splits.get("valid"):
-            section = "pretrain-teacher" if stage.kind == "teacher" else "train"
-            if not self._configured(section, "val_fraction"):
-                return f"{stage.command} --val-fraction 0.1", (
-                    f"{dataset} has no labelled valid split: --val-fraction holds out a stratified 10% of train "
-                    "to pick the best epoch")
-        if stage.kind == "eval" and not splits.get("test") and not self._configured("eval", "split"):
-            other = "valid" if splits.get("valid") else "train"
-            return f"{stage.command} --split {other}", (
-                f"{dataset} has no labelled test split: scores on {other} are not a held-out test")
-        return stage.command, None
-
-
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a TOML or YAML config file into a dict, with a one-line error when malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerError(f"{path}: config file not found")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(path.read_text())
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(path.read_text()) or {}
-        else:
-            raise FerError(f"{path}: config files must be .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FerError(f"{path}: malformed config ({exc})") from exc
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
-        if type(exc).__module__.startswith("yaml"):
-            raise FerError(f"{path}: malformed config ({' '.join(str(exc).split())})") from exc
-        raise
-    if not isinstance(data, dict):
-        raise FerError(f"{path}: config must be a mapping of option names to values")
-    return data
+        return status_report(self)

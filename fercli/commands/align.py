@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import DETECTOR_CHOICES, build_config
 from fercli.imagestatus import STATUS_MEANINGS
@@ -70,13 +71,11 @@ def align(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps \\[default: auto]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector forward pass \\[default: 4 on CPU, 16 on a GPU]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes \\[default: up to 4; on CPU a quarter of the cores, none below 4 cores]."),
-    split_fractions: Optional[str] = typer.Option(
-        None, "--split-fractions", help="Class folders without train/valid/test folders are split once, stratified by "
-        "class and seeded: TRAIN,VALID,TEST fractions \\[default: 0.8,0.1,0.1]."),
-    no_split: Optional[bool] = typer.Option(None, "--no-split", help="Keep every image of such a folder in train (training then needs --val-fraction)."),
+    split_fractions: _o.SplitFractions = None,
+    no_split: _o.NoSplit = None,
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Redo DST from scratch (needed to change settings of an existing DST)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[align] table of these options."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    config: Optional[Path] = _o.config_file("align", "an", these=True),
+    json_out: bool = _o.json_flag("summary"),
 ) -> None:
     """Detect faces (RetinaFace), align them onto the ArcFace template and write crops plus DST/manifest.parquet.
 
@@ -86,14 +85,7 @@ def align(
     from fercli.align.core import AlignConfig, run_align
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(
-        AlignConfig, "align",
-        dict(detector=detector, detector_weights=detector_weights, faces=faces, min_score=min_score,
-             min_face_size=min_face_size, size=size, margin=margin, detect_size=detect_size, device=device,
-             batch_size=batch_size, workers=workers, overwrite=overwrite, split_fractions=split_fractions,
-             no_split=no_split),
-        workspace=ws, config_file=config,
-    )
+    cfg = build_config(AlignConfig, "align", _o.given(AlignConfig, locals()), workspace=ws, config_file=config)
     command = "fer " + " ".join(sys.argv[1:])
     try:
         with _sigterm_as_interrupt():

@@ -9,6 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 from fercli.errors import FerError
@@ -60,8 +61,8 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for torch and onnxruntime \\[default: torch's]."),
     latency: Optional[bool] = typer.Option(None, "--latency/--no-latency", help="Time the models, or only count parameters and MACs."),
     paper: bool = typer.Option(False, "--paper", help="Only print Table 4 of the paper beside our counts (224x224, 7 classes)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[bench] table of these options."),
-    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    config: Optional[Path] = _o.config_file("bench", these=True),
+    json_out: bool = _o.json_flag("results"),
 ) -> None:
     """Count parameters, MACs and FLOPs (= 2 x MACs) and time forward passes on CPU (and CUDA).
 
@@ -82,13 +83,9 @@ def bench(
             _render_paper(rep)
         return
     ws = _ui.state(ctx).workspace
-    cfg = build_config(
-        BenchConfig, "bench",
-        dict(models=models or None, sizes=_split(size), batches=_split(batch), backends=_split(backend),
-             devices=_split(device), num_classes=classes, reps=reps, min_reps=min_reps, max_seconds=max_seconds,
-             warmup=warmup, threads=threads, latency=latency),
-        workspace=ws, config_file=config,
-    )
+    overrides = _o.given(BenchConfig, locals(), models=models or None, sizes=_split(size), batches=_split(batch),
+                         backends=_split(backend), devices=_split(device), num_classes=classes)
+    cfg = build_config(BenchConfig, "bench", overrides, workspace=ws, config_file=config)
     report = run_bench(cfg, track=_ui.rich_track).to_dict()
     if json_out:
         _ui.print_json(report)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -22,18 +23,16 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("out", _o.INFERENCE)
 def calibrate(
     ctx: typer.Context,
     ckpt: Optional[Path] = typer.Argument(None, help="fercli checkpoint \\[default: the workspace's student]."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="Labelled manifest \\[default: the workspace's dataset]."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to fit on: train, valid or test \\[default: valid]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Checkpoint to write \\[default: CKPT itself, in place]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Inference batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
-    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Use the decoded image cache."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[calibrate] table."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    config: Optional[Path] = _o.config_file("calibrate"),
+    json_out: bool = _o.json_flag("result"),
+    **inference: Any,
 ) -> None:
     """Fit the softmax temperature (temperature scaling) that makes the probabilities calibrated.
 
@@ -41,13 +40,10 @@ def calibrate(
     temperature is stored in the checkpoint and applied by `fer eval`, `fer predict` and exports.
     Predictions (the most likely class) do not change. Prints ECE and NLL before and after.
     """
-    from fercli.calibration import CalibrateConfig
-    from fercli.calibration import run_calibrate
+    from fercli.calibration import CalibrateConfig, run_calibrate
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(CalibrateConfig, "calibrate", dict(
-        model=ckpt, manifest=manifest, split=split, out=out, batch_size=batch_size, workers=workers, cache=cache,
-        device=device), ws, config)
+    cfg = build_config(CalibrateConfig, "calibrate", _o.given(CalibrateConfig, locals(), model=ckpt, **inference), ws, config)
     res = run_calibrate(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                         on_inputs=_ui.announcer(ctx, ws))
     summary = res.summary()

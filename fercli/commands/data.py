@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -48,12 +49,10 @@ def import_(
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="fer2013: where to write the PNG images."),
     allow_missing: Optional[bool] = typer.Option(None, "--allow-missing", help="Drop rows whose image is absent instead of failing."),
     rename_split: Optional[str] = typer.Option(None, "--rename-split", help="OLD=NEW\\[,...]: e.g. valid=test keeps FERPlus valid out of model selection (train with --val-fraction)."),
-    split_fractions: Optional[str] = typer.Option(
-        None, "--split-fractions", help="Class folders without train/valid/test folders are split once, stratified by "
-        "class and seeded: TRAIN,VALID,TEST fractions \\[default: 0.8,0.1,0.1]."),
-    no_split: Optional[bool] = typer.Option(None, "--no-split", help="Keep every image of such a folder in train (training then needs --val-fraction)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[import] table of these options."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    split_fractions: _o.SplitFractions = None,
+    no_split: _o.NoSplit = None,
+    config: Optional[Path] = _o.config_file("import", "an", these=True),
+    json_out: bool = _o.json_flag("summary"),
 ) -> None:
     """Turn a dataset (RAF-DB, AffectNet, FERPlus, FER2013 or class folders) into a manifest.
 
@@ -63,12 +62,8 @@ def import_(
 
     st = _ui.state(ctx)
     ws = st.workspace
-    cfg = build_config(
-        ImportConfig, "import",
-        dict(format=format, src=src, out=out, classes=classes, images=images, images_dir=images_dir, allow_missing=allow_missing,
-             rename_splits=rename_split, split_fractions=split_fractions, no_split=no_split),
-        workspace=ws, config_file=config,
-    )
+    cfg = build_config(ImportConfig, "import", _o.given(ImportConfig, locals(), rename_splits=rename_split),
+                       workspace=ws, config_file=config)
     result = run_import(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]))
     summary = result.summary()
     if json_out:
@@ -94,7 +89,7 @@ def info(
     ctx: typer.Context,
     manifest: Optional[Path] = typer.Argument(None, help="Manifest parquet \\[default: the workspace's dataset]."),
     check_files: bool = typer.Option(True, "--check-files/--no-check-files", help="Count rows whose image file is missing."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_out: bool = _o.json_flag("report"),
 ) -> None:
     """Counts per split and class, imbalance, unlabelled rows, missing files, distribution columns."""
     from fercli.manifest_info import read_info

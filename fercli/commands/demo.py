@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -27,13 +28,12 @@ def demo(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the synthetic sample."),
     tiny: Optional[bool] = typer.Option(None, "--tiny", help="A few images and epochs (a smoke test)."),
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Replace a non-empty --out."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    json_out: bool = _o.json_flag("summary"),
 ) -> None:
     """Run every stage in turn in a fresh workspace, printing each command first, then write report.md."""
     from fercli.demo import DemoConfig, run_demo
 
-    cfg = build_config(DemoConfig, "demo", dict(out=out, data=data, format=format, seed=seed, tiny=tiny,
-                                                overwrite=overwrite))
+    cfg = build_config(DemoConfig, "demo", _o.given(DemoConfig, locals()))
     quiet = json_out or _ui.state(ctx).quiet
     res = run_demo(cfg, announce=(lambda s: None) if quiet else (lambda s: _ui.err.print(f"[bold cyan]$ {s}[/]", highlight=False)),
                    echo=(lambda s: None) if quiet else (lambda s: _ui.out.print(s.rstrip(), highlight=False, markup=False)))

@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fercli import doctor as core
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.errors import FerError
 
@@ -22,7 +23,7 @@ _STYLE = {"ok": "green", "missing": "yellow", "warning": "red"}
 
 def doctor(
     ctx: typer.Context,
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_out: bool = _o.json_flag("report"),
 ) -> None:
     """Check the installation: package versions, threads, CUDA, face-detector and ImageNet weights in torch's
     hub cache, the workspace; each problem with the one command that fixes it.

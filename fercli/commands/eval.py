@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 from fercli.workspace import Workspace
@@ -27,37 +28,32 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("out", _o.INFERENCE)
 def eval_(
     ctx: typer.Context,
     manifest: Optional[Path] = typer.Argument(None, help="Manifest \\[default: the workspace's dataset]."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student]."),
+    model: _o.Model = None,
     split: Optional[str] = typer.Option(None, "--split", help="train, valid or test \\[default: test]."),
     tta: Optional[str] = typer.Option(None, "--tta", help="none or flip (average with the mirrored face) \\[default: the model's recommendation, usually none]."),
     map_: Optional[bool] = typer.Option(None, "--map", help="Score on the shared classes when one class list contains the other."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory \\[default: WORKSPACE/eval]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Inference batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
-    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Use the decoded image cache."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="An exported .onnx model runs on onnxruntime or openvino (pip install openvino; CPU) \\[default: onnxruntime]."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[eval] table."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    threads: _o.Threads = None,
+    runtime: _o.Runtime = None,
+    config: Optional[Path] = _o.config_file("eval", "an"),
+    json_out: bool = _o.json_flag("report"),
     robustness: Optional[bool] = typer.Option(None, "--robustness", help="Also score under a fixed, seeded set of corruptions "
                                               "(crop, rotation, blur, noise, JPEG, brightness, contrast, resolution, occlusion): "
                                               "writes robustness.json and robustness.png."),
     corruptions: Optional[str] = typer.Option(None, "--corruptions", help="With --robustness: only these corruptions "
                                               "(comma-separated names) \\[default: all]."),
+    **inference: Any,
 ) -> None:
     """Accuracy, mean per-class accuracy, per-class precision/recall/F1, the confusion matrix, and the
     calibration of the probabilities (ECE over 15 bins, NLL, a reliability diagram)."""
     from fercli.evaluation import EvalConfig, run_eval
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(EvalConfig, "eval", dict(
-        model=model, manifest=manifest, split=split, tta=tta, map=map_, out=out, batch_size=batch_size,
-        workers=workers, cache=cache, device=device, threads=threads, runtime=runtime, robustness=robustness,
-        corruptions=corruptions), ws, config)
+    cfg = build_config(EvalConfig, "eval", _o.given(EvalConfig, locals(), map=map_, **inference), ws, config)
     res = run_eval(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
     rep = res.report
     if json_out:

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -47,8 +48,8 @@ def export(
                                                 "first-conv, head, depthwise, or ONNX node names."),
     min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="--quantize: the least top-1 agreement with "
                                                   "float32 to write the file \\[default: int8 0.95, int8-dynamic 0.90, fp16 0.99]."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with an \\[export] table of these options."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    config: Optional[Path] = _o.config_file("export", "an", these=True),
+    json_out: bool = _o.json_flag("result"),
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript for deployment (dynamic batch), or to a slim checkpoint.
 
@@ -60,18 +61,11 @@ def export(
     from fercli.export import ExportConfig, resolve_checkpoint, run_export
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(ExportConfig, "export", dict(format=format, out=out, opset=opset, half=half, tolerance=tolerance,
-                                                    quantize=quantize, calib=calib, calib_size=calib_size,
-                                                    quant_exclude=quant_exclude, min_agreement=min_agreement),
-                       workspace=ws, config_file=config)
+    cfg = build_config(ExportConfig, "export", _o.given(ExportConfig, locals()), workspace=ws, config_file=config)
     if cfg.out is not None:  # before the export's work: one line, not a traceback at the end
         from fercli.fileio import check_writable_file
 
         check_writable_file(cfg.out, "--out")
-    if cfg.quantize is not None:
-        from fercli.quantize import check_options
-
-        check_options(cfg)  # before loading anything: one line
     art = resolve_checkpoint(ws, ckpt, cfg.quantize)
     _ui.using(ctx, ws, art)
     result, _ = run_export(cfg, ws, art, command="fer " + " ".join(sys.argv[1:]))

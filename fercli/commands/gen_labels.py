@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -20,29 +21,25 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("force", _o.INFERENCE)
 def gen_labels(
     ctx: typer.Context,
-    manifest: Optional[Path] = typer.Argument(None, help="Dataset manifest \\[default: the workspace's dataset]."),
+    manifest: _o.Manifest = None,
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint \\[default: the workspace's]."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Parquet to write \\[default: WORKSPACE/labels/labels.parquet]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Softmax temperature (paper: 1)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Average with the mirrored image."),
     splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits to label (default: train)."),
     force: Optional[bool] = typer.Option(None, "--force", help="Allow labelling the test split."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Inference batch size."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
-    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Use the decoded image cache."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[gen-labels] table."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    config: Optional[Path] = _o.config_file("gen-labels"),
+    json_out: bool = _o.json_flag("summary"),
+    **inference: Any,
 ) -> None:
     """Write the teacher's softmax for every labelled training image as label distributions (parquet)."""
     from fercli.gen_labels import GenLabelsConfig, run_gen_labels
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(GenLabelsConfig, "gen-labels", dict(
-        manifest=manifest, teacher=teacher, out=out, temperature=temperature, flip=flip, splits=splits, force=force,
-        batch_size=batch_size, workers=workers, cache=cache, device=device), ws, config)
+    cfg = build_config(GenLabelsConfig, "gen-labels", _o.given(GenLabelsConfig, locals(), **inference), ws, config)
     res = run_gen_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                           on_inputs=_ui.announcer(ctx, ws))
     if json_out:

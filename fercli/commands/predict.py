@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 from fercli.errors import FerError
@@ -38,9 +39,9 @@ EXAMPLE = """Examples:
 def predict(
     ctx: typer.Context,
     inputs: Optional[list[str]] = typer.Argument(None, help="Image files, folders, glob patterns, or one video file or stream URL (rtsp://, http://); with --webcam, the camera index (0)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student]."),
+    model: _o.Model = None,
     detector: Optional[str] = typer.Option(None, "--detector", help="auto (a RetinaFace whose weights are cached, else haar), retinaface-resnet50, retinaface-mobilenet or haar (OpenCV, offline, boxes only)."),
-    detector_weights: Optional[Path] = typer.Option(None, "--detector-weights", help="Detector weights file."),
+    detector_weights: _o.DetectorWeights = None,
     faces: Optional[str] = typer.Option(None, "--faces", help="all (default), largest or best."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Minimum detection score (0.8)."),
     min_face_size: Optional[float] = typer.Option(None, "--min-face-size", help="Minimum face size in pixels."),
@@ -51,9 +52,9 @@ def predict(
     every: Optional[int] = typer.Option(None, "--every", help="Videos as pictures: classify every N-th frame (30), untracked; the default for videos among several inputs."),
     tta: Optional[str] = typer.Option(None, "--tta", help="none or flip \\[default: the model's recommendation]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector pass."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="An exported .onnx model runs on onnxruntime or openvino (pip install openvino; CPU) \\[default: onnxruntime]."),
+    device: _o.Device = None,
+    threads: _o.Threads = None,
+    runtime: _o.Runtime = None,
     annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes, compact labels (hap 94%) and a legend into this folder; for one video, an .mp4 (or a folder for NAME_annotated.mp4) with track ids and smoothed labels."),
     webcam: bool = typer.Option(False, "--webcam", help="Read a camera: --webcam (camera 0) or --webcam N."),
     detect_every: Optional[int] = typer.Option(None, "--detect-every", help="Video: detect and classify every K-th frame; the tracker carries boxes in between (1)."),
@@ -62,15 +63,14 @@ def predict(
     show: Optional[bool] = typer.Option(None, "--show/--headless", help="Video: show the annotated frames in a window (q stops), or not \\[default: headless]."),
     live: Optional[bool] = typer.Option(None, "--live", help="Read a video file as a live source: at its frame rate, dropping frames when processing falls behind."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Video: stop after this many seconds of input."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[predict] table."),
+    config: Optional[Path] = _o.config_file("predict"),
     json_out: bool = typer.Option(False, "--json", help="One JSON object per input picture."),
     csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face (video: per frame and track, as processed)."),
     jsonl_out: bool = typer.Option(False, "--jsonl", help="Video: one JSON line per frame and track, as processed."),
 ) -> None:
     """Detect, align and classify every face; exit code 1 if any input could not be used."""
     from fercli.commands import predict_video
-    from fercli.predict import PredictConfig
-    from fercli.predict import run_predict
+    from fercli.predict import PredictConfig, run_predict
 
     ws = _ui.state(ctx).workspace
     inputs = list(inputs or [])
@@ -80,12 +80,8 @@ def predict(
             raise FerError("--webcam takes a camera index (0, 1, ...), not a file or URL: got "
                            + " ".join(repr(i) for i in inputs))
         camera, inputs = int(inputs[0]) if inputs else 0, []
-    cfg = build_config(PredictConfig, "predict", dict(
-        inputs=tuple(inputs), webcam=camera, detect_every=detect_every, smooth=smooth, out=out, show=show, live=live,
-        duration=duration, model=model, detector=detector, detector_weights=detector_weights, faces=faces,
-        min_score=min_score, min_face_size=min_face_size, size=size, margin=margin, detect_size=detect_size,
-        no_detect=no_detect, every=every, tta=tta, batch_size=batch_size, device=device, threads=threads,
-        runtime=runtime, annotate=annotate), ws, config)
+    cfg = build_config(PredictConfig, "predict", _o.given(PredictConfig, locals(), inputs=tuple(inputs), webcam=camera),
+                       ws, config)
     video_only = {"--webcam": webcam, "--detect-every": detect_every, "--smooth": smooth, "--out": out, "--show": show,
                   "--live": live, "--duration": duration, "--jsonl": jsonl_out or None}
     if predict_video.is_video_run(cfg) and every is None:

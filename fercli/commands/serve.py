@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
@@ -30,7 +31,7 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FER_API_KEY", show_envvar=True, help="Key clients send as X-API-Key or Authorization: Bearer (8+ characters)."),
     cors: Optional[list[str]] = typer.Option(None, "--cors", help="Allow browser pages from this origin (repeatable) \\[default: CORS off]."),
     detector: Optional[str] = typer.Option(None, "--detector", help="auto, retinaface-resnet50, retinaface-mobilenet, haar or none (every image is an aligned face)."),
-    detector_weights: Optional[Path] = typer.Option(None, "--detector-weights", help="Detector weights file."),
+    detector_weights: _o.DetectorWeights = None,
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Default minimum detection score (0.8)."),
     tta: Optional[str] = typer.Option(None, "--tta", help="Default none or flip \\[default: the model's recommendation]."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Faces per classifier pass across concurrent requests (16)."),
@@ -41,21 +42,17 @@ def serve(
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Images per batch request (16)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to read a request and to answer it (30)."),
     max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="Open connections before answering 503 (64)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="An exported .onnx model runs on onnxruntime or openvino."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML/YAML file with a \\[serve] table."),
+    device: _o.Device = None,
+    threads: _o.Threads = None,
+    runtime: _o.ServeRuntime = None,
+    config: Optional[Path] = _o.config_file("serve"),
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, a browser page at /, OpenAPI docs at /docs, /metrics."""
-    from fercli.serve import ServeConfig
-    from fercli.serve import run_serve
+    from fercli.serve import ServeConfig, run_serve
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(ServeConfig, "serve", dict(
-        model=model, host=host, port=port, api_key=api_key, cors=tuple(cors) if cors else None, detector=detector,
-        detector_weights=detector_weights, min_score=min_score, tta=tta, max_batch=max_batch, max_wait_ms=max_wait_ms,
-        max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, max_faces=max_faces, max_images=max_images,
-        timeout_s=timeout, max_concurrency=max_concurrency, device=device, threads=threads, runtime=runtime), ws, config)
+    overrides = _o.given(ServeConfig, locals(), cors=tuple(cors) if cors else None, timeout_s=timeout)
+    cfg = build_config(ServeConfig, "serve", overrides, ws, config)
 
     def ready(rec) -> None:
         if rec.detector_name is not None:

@@ -7,8 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
-from fercli.workspace import STAGES, format_summary
+from fercli.pipeline import STAGES
+from fercli.status import status_report
+from fercli.workspace import format_summary
 
 EXAMPLE = """Examples:
 
@@ -20,11 +23,11 @@ EXAMPLE = """Examples:
 
 def status(
     ctx: typer.Context,
-    json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+    json_out: bool = _o.json_flag("status"),
 ) -> None:
     """Show the workspace: each artifact, when and from what it was made, stale or not, and what to run next."""
     ws = _ui.state(ctx).workspace
-    rep = ws.status()
+    rep = status_report(ws)
     if json_out:
         _ui.print_json(rep)
         return

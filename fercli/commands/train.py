@@ -14,62 +14,63 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
 
 # fercli.training.RECIPES's names (a test checks they agree), spelled out so `--help` imports no torch.
 RECIPE_NAMES = ("paper", "rafdb", "affectnet", "ferplus-cpu")
 
-# name -> (type, typer option, used by the teacher command too)
-OPTIONS: dict[str, tuple[Any, Any, bool]] = {
-    "labels": (Path, typer.Option(None, "--labels", help="Label distributions from `fer gen-labels` \\[default: the workspace's]."), False),
-    "out": (Path, typer.Option(None, "--out", "-o", help="Run directory \\[default: WORKSPACE/student]."), True),
-    "arch": (str, typer.Option(None, "--arch", help="Registered model (lfer, lfer_head, shufflenet_v2, resnet18, resnet50)."), True),
-    "pretrained": (str, typer.Option(None, "--pretrained", help="Initialise from 'imagenet' weights in torch's hub cache."), True),
-    "init": (Path, typer.Option(None, "--init", help="Initialise from a compatible checkpoint."), True),
-    "input_size": (int, typer.Option(None, "--input-size", help="Training resolution, a multiple of 16 (paper: 224)."), True),
-    "recipe": (str, typer.Option(None, "--recipe", help=f"Preset: {', '.join(RECIPE_NAMES)}."), True),
-    "epochs": (int, typer.Option(None, "--epochs", help="Epochs (paper: 120)."), True),
-    "batch_size": (int, typer.Option(None, "--batch-size", "-b", help="Batch size per process."), True),
-    "lr": (float, typer.Option(None, "--lr", help="SGD learning rate (paper: 0.01)."), True),
-    "momentum": (float, typer.Option(None, "--momentum", help="SGD momentum (0.9)."), True),
-    "weight_decay": (float, typer.Option(None, "--weight-decay", help="Weight decay (1e-4)."), True),
-    "nesterov": (bool, typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."), True),
-    "sched": (str, typer.Option(None, "--sched", help="Learning-rate schedule: step or cosine (per iteration)."), True),
-    "lr_step": (int, typer.Option(None, "--lr-step", help="--sched step: multiply the lr by --lr-gamma every this many epochs."), True),
-    "lr_gamma": (float, typer.Option(None, "--lr-gamma", help="Step decay factor (0.1)."), True),
-    "warmup_epochs": (float, typer.Option(None, "--warmup-epochs", help="Linear warm-up from 1% of --lr over this many epochs (0: none)."), True),
-    "balance": (str, typer.Option(None, "--balance", help="Rare classes: none, sampler (class-balanced draws) or logit-adjust (Menon et al. 2021)."), True),
-    "tau": (float, typer.Option(None, "--tau", help="--balance logit-adjust: strength (1.0)."), True),
-    "augment": (str, typer.Option(None, "--augment", help="Augmentation preset: paper (flip + --shift), light or strong."), True),
-    "auto_augment": (str, typer.Option(None, "--auto-augment", help="Automatic policy on top: none, trivialwide or randaugment."), True),
-    "mix": (str, typer.Option(None, "--mix", help="none, mixup, cutmix or both (targets mix with the images)."), True),
-    "mix_alpha": (float, typer.Option(None, "--mix-alpha", help="MixUp's Beta(alpha, alpha) (0.2)."), True),
-    "flip": (float, typer.Option(None, "--flip", help="Horizontal flip probability (0.5)."), True),
-    "shift": (float, typer.Option(None, "--shift", help="--augment paper: random translation up to this fraction of the input size (0: off, as in the paper)."), True),
-    "label_smoothing": (float, typer.Option(None, "--label-smoothing", help="Label smoothing of the single-label loss (0)."), True),
-    "ema": (float, typer.Option(None, "--ema", help="Keep an EMA of the weights with this decay (e.g. 0.999); it is validated, saved and exported."), True),
-    "select": (str, typer.Option(None, "--select", help="Best checkpoint by holdout acc or mean-class accuracy."), True),
-    "calibrate": (bool, typer.Option(None, "--calibrate/--no-calibrate", help="Fit a temperature on the holdout after training; stored in best.pt."), True),
-    "loss": (str, typer.Option(None, "--loss", help="combo (eq. 6) or ce, on the single labels."), False),
-    "alpha": (float, typer.Option(None, "--alpha", help="Combo loss: weight of the weighted CE vs Dice (0.5)."), False),
-    "beta": (float, typer.Option(None, "--beta", help="Combo loss: FP/FN balance (0.2; 0.6 for AffectNet)."), False),
-    "kl_weight": (float, typer.Option(None, "--kl-weight", help="Weight of KL(P || Q) (eq. 5)."), False),
-    "kl_reduction": (str, typer.Option(None, "--kl-reduction", help="paper (/ N x C) or batchmean (/ N)."), False),
-    "targets": (str, typer.Option(None, "--targets", help="auto, teacher (labels file), votes (manifest dist_*), mix (both), none."), False),
-    "target_mix": (float, typer.Option(None, "--target-mix", help="--targets mix: weight of the crowd votes (0.5)."), False),
-    "val_fraction": (float, typer.Option(None, "--val-fraction", help="Hold out this stratified fraction of train when there is no valid split."), True),
-    "limit": (int, typer.Option(None, "--limit", help="Train on a stratified subset of this many images."), True),
-    "seed": (int, typer.Option(None, "--seed", help="Seed for initialisation, order and augmentation."), True),
-    "deterministic": (bool, typer.Option(None, "--deterministic/--no-deterministic", help="Deterministic algorithms only."), True),
-    "workers": (int, typer.Option(None, "--workers", help="Decoding worker processes."), True),
-    "cache": (bool, typer.Option(None, "--cache/--no-cache", help="Decode images once into a memory-mapped cache."), True),
-    "device": (str, typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N."), True),
-    "threads": (int, typer.Option(None, "--threads", help="CPU threads for torch."), True),
-    "checkpoint_every": (int, typer.Option(None, "--checkpoint-every", help="Steps between resumable checkpoints."), True),
-    "max_steps": (int, typer.Option(None, "--max-steps", help="Stop (resumably) after this many steps."), True),
-    "resume": (bool, typer.Option(None, "--resume", help="Continue the run in --out exactly where it stopped."), True),
-    "overwrite": (bool, typer.Option(None, "--overwrite", help="Start again even if --out holds a run."), True),
+# name -> (annotation: type and typer option, used by the teacher command too)
+OPTIONS: dict[str, tuple[Any, bool]] = {
+    "labels": (_o.option(Path, "--labels", help="Label distributions from `fer gen-labels` \\[default: the workspace's]."), False),
+    "out": (_o.option(Path, "--out", "-o", help="Run directory \\[default: WORKSPACE/student]."), True),
+    "arch": (_o.option(str, "--arch", help="Registered model (lfer, lfer_head, shufflenet_v2, resnet18, resnet50)."), True),
+    "pretrained": (_o.option(str, "--pretrained", help="Initialise from 'imagenet' weights in torch's hub cache."), True),
+    "init": (_o.option(Path, "--init", help="Initialise from a compatible checkpoint."), True),
+    "input_size": (_o.option(int, "--input-size", help="Training resolution, a multiple of 16 (paper: 224)."), True),
+    "recipe": (_o.option(str, "--recipe", help=f"Preset: {', '.join(RECIPE_NAMES)}."), True),
+    "epochs": (_o.option(int, "--epochs", help="Epochs (paper: 120)."), True),
+    "batch_size": (_o.option(int, "--batch-size", "-b", help="Batch size per process."), True),
+    "lr": (_o.option(float, "--lr", help="SGD learning rate (paper: 0.01)."), True),
+    "momentum": (_o.option(float, "--momentum", help="SGD momentum (0.9)."), True),
+    "weight_decay": (_o.option(float, "--weight-decay", help="Weight decay (1e-4)."), True),
+    "nesterov": (_o.option(bool, "--nesterov/--no-nesterov", help="Nesterov momentum."), True),
+    "sched": (_o.option(str, "--sched", help="Learning-rate schedule: step or cosine (per iteration)."), True),
+    "lr_step": (_o.option(int, "--lr-step", help="--sched step: multiply the lr by --lr-gamma every this many epochs."), True),
+    "lr_gamma": (_o.option(float, "--lr-gamma", help="Step decay factor (0.1)."), True),
+    "warmup_epochs": (_o.option(float, "--warmup-epochs", help="Linear warm-up from 1% of --lr over this many epochs (0: none)."), True),
+    "balance": (_o.option(str, "--balance", help="Rare classes: none, sampler (class-balanced draws) or logit-adjust (Menon et al. 2021)."), True),
+    "tau": (_o.option(float, "--tau", help="--balance logit-adjust: strength (1.0)."), True),
+    "augment": (_o.option(str, "--augment", help="Augmentation preset: paper (flip + --shift), light or strong."), True),
+    "auto_augment": (_o.option(str, "--auto-augment", help="Automatic policy on top: none, trivialwide or randaugment."), True),
+    "mix": (_o.option(str, "--mix", help="none, mixup, cutmix or both (targets mix with the images)."), True),
+    "mix_alpha": (_o.option(float, "--mix-alpha", help="MixUp's Beta(alpha, alpha) (0.2)."), True),
+    "flip": (_o.option(float, "--flip", help="Horizontal flip probability (0.5)."), True),
+    "shift": (_o.option(float, "--shift", help="--augment paper: random translation up to this fraction of the input size (0: off, as in the paper)."), True),
+    "label_smoothing": (_o.option(float, "--label-smoothing", help="Label smoothing of the single-label loss (0)."), True),
+    "ema": (_o.option(float, "--ema", help="Keep an EMA of the weights with this decay (e.g. 0.999); it is validated, saved and exported."), True),
+    "select": (_o.option(str, "--select", help="Best checkpoint by holdout acc or mean-class accuracy."), True),
+    "calibrate": (_o.option(bool, "--calibrate/--no-calibrate", help="Fit a temperature on the holdout after training; stored in best.pt."), True),
+    "loss": (_o.option(str, "--loss", help="combo (eq. 6) or ce, on the single labels."), False),
+    "alpha": (_o.option(float, "--alpha", help="Combo loss: weight of the weighted CE vs Dice (0.5)."), False),
+    "beta": (_o.option(float, "--beta", help="Combo loss: FP/FN balance (0.2; 0.6 for AffectNet)."), False),
+    "kl_weight": (_o.option(float, "--kl-weight", help="Weight of KL(P || Q) (eq. 5)."), False),
+    "kl_reduction": (_o.option(str, "--kl-reduction", help="paper (/ N x C) or batchmean (/ N)."), False),
+    "targets": (_o.option(str, "--targets", help="auto, teacher (labels file), votes (manifest dist_*), mix (both), none."), False),
+    "target_mix": (_o.option(float, "--target-mix", help="--targets mix: weight of the crowd votes (0.5)."), False),
+    "val_fraction": (_o.option(float, "--val-fraction", help="Hold out this stratified fraction of train when there is no valid split."), True),
+    "limit": (_o.option(int, "--limit", help="Train on a stratified subset of this many images."), True),
+    "seed": (_o.option(int, "--seed", help="Seed for initialisation, order and augmentation."), True),
+    "deterministic": (_o.option(bool, "--deterministic/--no-deterministic", help="Deterministic algorithms only."), True),
+    "workers": (_o.Workers, True),
+    "cache": (_o.option(bool, "--cache/--no-cache", help="Decode images once into a memory-mapped cache."), True),
+    "device": (_o.Device, True),
+    "threads": (_o.option(int, "--threads", help="CPU threads for torch."), True),
+    "checkpoint_every": (_o.option(int, "--checkpoint-every", help="Steps between resumable checkpoints."), True),
+    "max_steps": (_o.option(int, "--max-steps", help="Stop (resumably) after this many steps."), True),
+    "resume": (_o.option(bool, "--resume", help="Continue the run in --out exactly where it stopped."), True),
+    "overwrite": (_o.option(bool, "--overwrite", help="Start again even if --out holds a run."), True),
 }
 
 TRAIN_EXAMPLE = """Examples:
@@ -214,21 +215,20 @@ def _command(kind: str, doc: str):
                 json_out: bool = False, **opts: Any) -> None:
         _run(ctx, kind, manifest, config, json_out, **opts)
 
+    keyword = inspect.Parameter.KEYWORD_ONLY
     params = [
         inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter("manifest", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Optional[Path],
-                          default=typer.Argument(None, help="Dataset manifest \\[default: the workspace's dataset].")),
+        inspect.Parameter("manifest", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=_o.Manifest, default=None),
     ]
-    for name, (typ, option, for_teacher) in OPTIONS.items():
+    for name, (annotation, for_teacher) in OPTIONS.items():
         if name == "out" and kind == "teacher":
-            option = typer.Option(None, "--out", "-o", help="Run directory \\[default: WORKSPACE/teacher].")
+            annotation = _o.option(Path, "--out", "-o", help="Run directory \\[default: WORKSPACE/teacher].")
         if kind == "student" or for_teacher:
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[typ], default=option))
+            params.append(inspect.Parameter(name, keyword, annotation=annotation, default=None))
     params += [
-        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+        inspect.Parameter("config", keyword, annotation=Optional[Path],
                           default=typer.Option(None, "--config", help="TOML/YAML file with these options.")),
-        inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, "--json", help="Print the run summary as JSON.")),
+        inspect.Parameter("json_out", keyword, annotation=bool, default=_o.json_flag("run summary")),
     ]
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__doc__ = doc

@@ -1,0 +1,85 @@
+"""Options that several commands share, declared once: their flag, type and help text.
+
+A command writes ``device: _o.Device = None``; the alias carries the flag and its help (typer
+reads ``Annotated`` metadata). A group of options several commands take together is added by
+:func:`with_options` (e.g. :data:`INFERENCE`). Help texts spell defaults out instead of reading the
+stage dataclasses, whose modules import torch, which `fer --help` must not wait for; every default a
+help text states is pinned against its dataclass by tests/test_options.py.
+
+:func:`given` turns a command's parameters into the overrides :func:`fercli.config.build_config`
+takes, by the config dataclass's field names, so a command lists only what it renames or reshapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+def option(typ: Any, *decls: str, help: str, **kwargs: Any) -> Any:
+    """``Annotated[Optional[typ], typer.Option(*decls, help=help)]``: an option that is None unless given,
+    so the config's own default (or the workspace's config) applies."""
+    return Annotated[Optional[typ], typer.Option(*decls, help=help, **kwargs)]
+
+
+def config_file(section: str, article: str = "a", these: bool = False) -> Any:
+    """``--config``: a TOML/YAML file whose ``[section]`` table holds the command's options."""
+    table = f"{article} \\[{section}] table" + (" of these options" if these else "")
+    return typer.Option(None, "--config", help=f"TOML/YAML file with {table}.")
+
+
+def json_flag(what: str) -> Any:
+    """``--json``: print ``what`` (the report, the summary, ...) as JSON instead of tables."""
+    return typer.Option(False, "--json", help=f"Print the {what} as JSON.")
+
+
+DEVICE_HELP = "auto, cpu, cuda, cuda:N."
+RUNTIME_HELP = "An exported .onnx model runs on onnxruntime or openvino"
+
+Device = option(str, "--device", help=DEVICE_HELP)
+Threads = option(int, "--threads", help="CPU threads.")
+Workers = option(int, "--workers", help="Decoding worker processes.")
+BatchSize = option(int, "--batch-size", "-b", help="Inference batch size.")
+Cache = option(bool, "--cache/--no-cache", help="Use the decoded image cache.")
+Runtime = option(str, "--runtime", help=f"{RUNTIME_HELP} (pip install openvino; CPU) \\[default: onnxruntime].")
+ServeRuntime = option(str, "--runtime", help=f"{RUNTIME_HELP}.")
+Model = option(Path, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student].")
+DetectorWeights = option(Path, "--detector-weights", help="Detector weights file.")
+# Class folders without split folders: `fer align` and `fer data import` split them alike.
+SplitFractions = option(str, "--split-fractions", help="Class folders without train/valid/test folders are split once, "
+                        "stratified by class and seeded: TRAIN,VALID,TEST fractions \\[default: 0.8,0.1,0.1].")
+NoSplit = option(bool, "--no-split", help="Keep every image of such a folder in train (training then needs --val-fraction).")
+Manifest = Annotated[Optional[Path], typer.Argument(help="Dataset manifest \\[default: the workspace's dataset].")]
+
+
+# What every stage that runs a model over a manifest takes (fer gen-labels, calibrate, eval).
+INFERENCE: dict[str, Any] = {"batch_size": BatchSize, "workers": Workers, "cache": Cache, "device": Device}
+
+
+def with_options(after: str, options: dict[str, Any]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add ``options`` (name -> annotation, e.g. :data:`INFERENCE`) to a command's parameters after
+    ``after``, as ``--help`` lists them; the command receives them in its ``**kwargs``."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        at = next(i for i, p in enumerate(own) if p.name == after) + 1
+        added = [inspect.Parameter(name, keyword, annotation=ann, default=None) for name, ann in options.items()]
+        # typer passes every parameter by name: all but the context may be keyword-only, in any order
+        params = [own[0], *(p.replace(kind=keyword) for p in own[1:at]), *added, *(p.replace(kind=keyword) for p in own[at:])]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def given(cls: type, params: dict[str, Any], **renamed: Any) -> dict[str, Any]:
+    """The overrides for a config dataclass ``cls``: each of ``params`` (a command's ``locals()``) that
+    names one of its fields, plus ``renamed`` (fields whose parameter has another name or shape)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {**{k: v for k, v in params.items() if k in fields}, **renamed}
