@@ -99,11 +99,6 @@ class TeacherConfig(TrainConfig):
     targets: str = "none"
 
 
-# Their public name is fercli.training's (the package re-exports them): fercli.config.VALIDATORS
-# keys each stage config by its class's module and name.
-TrainConfig.__module__ = TeacherConfig.__module__ = "fercli.training"
-
-
 def _finite(v: float) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
