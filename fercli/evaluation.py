@@ -30,27 +30,9 @@ from fercli.fileio import atomic_path, atomic_write_json, atomic_write_text
 from fercli.inference import Classifier, class_mapping, resolve_model
 from fercli.progress import Track, no_track
 from fercli.schema import (
-    COL_LABEL,
-    COL_PATH,
-    COL_SPLIT,
-    CONFUSION_CSV,
-    CONFUSION_INDEX,
-    CONFUSION_PNG,
-    EVAL_FILES,
-    PREDICTION_COLUMNS,
-    PREDICTIONS_CSV,
-    RELIABILITY_PNG,
-    REPORT_JSON,
-    ROBUSTNESS_JSON,
-    ROBUSTNESS_PNG,
-    SPLITS,
-    dist_columns,
-    make_provenance,
-    manifest_ref,
-    model_ref,
-    prob_columns,
-    read_manifest,
-    report_header,
+    COL_LABEL, COL_PATH, COL_SPLIT, CONFUSION_CSV, CONFUSION_INDEX, CONFUSION_PNG, EVAL_FILES,
+    PREDICTION_COLUMNS, PREDICTIONS_CSV, RELIABILITY_PNG, REPORT_JSON, ROBUSTNESS_JSON, ROBUSTNESS_PNG, SPLITS,
+    dist_columns, make_provenance, manifest_ref, model_ref, prob_columns, read_manifest, report_header,
 )
 from fercli.workspace import Artifact, Workspace
 

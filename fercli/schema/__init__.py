@@ -19,80 +19,30 @@ modules name and key them. Everything is re-exported here: ``from fercli.schema 
 """
 
 from fercli.schema.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_KEYS,
-    CHECKPOINT_OPTIONAL_KEYS,
-    SOURCE_PROVENANCE_KEY,
-    TRAIN_STATE_KEY,
+    CHECKPOINT_FORMAT, CHECKPOINT_KEYS, CHECKPOINT_OPTIONAL_KEYS, SOURCE_PROVENANCE_KEY, TRAIN_STATE_KEY,
     checkpoint_meta,
 )
 from fercli.schema.columns import (
-    BOX_COLUMNS,
-    COL_LABEL,
-    COL_LABEL_NAME,
-    COL_PATH,
-    COL_SPLIT,
-    DIST_PREFIX,
-    DIST_TOLERANCE,
-    LANDMARK_COLUMNS,
-    OPTIONAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    SPLITS,
-    UNLABELLED,
-    VOTE_PREFIX,
-    dist_columns,
+    BOX_COLUMNS, COL_LABEL, COL_LABEL_NAME, COL_PATH, COL_SPLIT, DIST_PREFIX, DIST_TOLERANCE, LANDMARK_COLUMNS,
+    OPTIONAL_COLUMNS, REQUIRED_COLUMNS, SPLITS, UNLABELLED, VOTE_PREFIX, dist_columns,
 )
 from fercli.schema.common import META_KEY, SCHEMA_VERSION, make_provenance, now_iso
 from fercli.schema.exports import (
-    EXPORT_KIND,
-    INPUT_NAME,
-    ONNX_META_KEY,
-    OUTPUT_NAME,
-    TORCHSCRIPT_META_FILE,
-    export_metadata,
+    EXPORT_KIND, INPUT_NAME, ONNX_META_KEY, OUTPUT_NAME, TORCHSCRIPT_META_FILE, export_metadata,
     onnx_plain_props,
 )
 from fercli.schema.files import (
-    ARTIFACT_FILES,
-    BEST_CHECKPOINT,
-    CONFIG_FILES,
-    CURVES_PNG,
-    IMPORTED_MANIFEST,
-    LAST_CHECKPOINT,
-    MANIFEST_NAME,
-    METRICS_CSV,
-    RUN_FILES,
-    SIDECAR_SUFFIX,
-    STATE_FILE,
-    read_artifact_meta,
-    sidecar_path,
+    ARTIFACT_FILES, BEST_CHECKPOINT, CONFIG_FILES, CURVES_PNG, IMPORTED_MANIFEST, LAST_CHECKPOINT,
+    MANIFEST_NAME, METRICS_CSV, RUN_FILES, SIDECAR_SUFFIX, STATE_FILE, read_artifact_meta, sidecar_path,
 )
 from fercli.schema.labels import LABELS_KIND, read_labels, validate_labels, write_labels
 from fercli.schema.manifest import (
-    MANIFEST_KIND,
-    Manifest,
-    _resolve_root,
-    known_class_list,
-    read_manifest,
-    validate_manifest,
-    write_manifest,
+    MANIFEST_KIND, Manifest, _resolve_root, known_class_list, read_manifest, validate_manifest, write_manifest,
 )
 from fercli.schema.parquet import content_sha256, read_parquet_meta
 from fercli.schema.reports import (
-    CONFUSION_CSV,
-    CONFUSION_INDEX,
-    CONFUSION_PNG,
-    EVAL_FILES,
-    PREDICTION_COLUMNS,
-    PREDICTIONS_CSV,
-    PROB_PREFIX,
-    RELIABILITY_PNG,
-    REPORT_JSON,
-    ROBUSTNESS_JSON,
-    ROBUSTNESS_PNG,
-    manifest_ref,
-    model_ref,
-    prob_columns,
+    CONFUSION_CSV, CONFUSION_INDEX, CONFUSION_PNG, EVAL_FILES, PREDICTION_COLUMNS, PREDICTIONS_CSV, PROB_PREFIX,
+    RELIABILITY_PNG, REPORT_JSON, ROBUSTNESS_JSON, ROBUSTNESS_PNG, manifest_ref, model_ref, prob_columns,
     report_header,
 )
 

@@ -10,19 +10,8 @@ from typing import Any
 from fercli.classes import CLASSES_7, CLASSES_8
 from fercli.errors import FerError
 from fercli.schema.columns import (
-    COL_LABEL,
-    COL_LABEL_NAME,
-    COL_PATH,
-    COL_SPLIT,
-    DIST_PREFIX,
-    DIST_TOLERANCE,
-    REQUIRED_COLUMNS,
-    SPLITS,
-    UNLABELLED,
-    VOTE_PREFIX,
-    _column_type,
-    _to_arrow,
-    dist_columns,
+    COL_LABEL, COL_LABEL_NAME, COL_PATH, COL_SPLIT, DIST_PREFIX, DIST_TOLERANCE, REQUIRED_COLUMNS, SPLITS,
+    UNLABELLED, VOTE_PREFIX, _column_type, _to_arrow, dist_columns,
 )
 from fercli.schema.common import SCHEMA_VERSION, _where, make_provenance, np, pd, pq
 from fercli.schema.parquet import _write_table_if_changed, read_parquet_meta
