@@ -45,6 +45,8 @@ class TrainProgress(Protocol):
 
 
 class LogProgress:
+    """The default :class:`TrainProgress`: one log line per epoch."""
+
     def epoch_start(self, epoch: int, epochs: int, steps: int, done: int) -> None:
         pass
 
