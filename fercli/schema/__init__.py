@@ -1,4 +1,8 @@
-"""Artifact schemas: every on-disk format fercli writes, and the one place each is defined.
+"""Artifact schemas: the on-disk formats of fercli's artifacts, each defined here once.
+
+Owned here: manifests and label tables (columns, types, metadata), checkpoints (keys), the
+workspace's file names, a training run's files, `fer eval`'s report files and header, exports
+(graph names, embedded metadata, sidecars), and the schema version they all carry:
 
 * :mod:`~fercli.schema.common`: the schema version, the parquet metadata key, provenance blocks;
 * :mod:`~fercli.schema.columns`: manifest and label-table columns, their Arrow types, ``dist_<class>``;
@@ -13,9 +17,11 @@
 * :mod:`~fercli.schema.exports`: exported models' input/output names and embedded metadata.
 
 Every artifact carries ``fercli`` metadata: schema version, kind, class list and provenance (which
-inputs, by sha256, made it; when; with which command). Caches (the decoded-image cache of
-:mod:`fercli.data`, the corrupted images of :mod:`fercli.robustness`) are not artifacts: their
-modules name and key them. Everything is re-exported here: ``from fercli.schema import ...``.
+inputs, by sha256, made it; when; with which command). Not owned here: caches (the decoded images
+of :mod:`fercli.data`, the corrupted images of :mod:`fercli.robustness`), `fer align`'s resume
+journal (:mod:`fercli.align.core`), `fer predict`'s outputs (:data:`fercli.video.pipeline.OUT_FILES`)
+and `fer demo`'s report page: their modules name them. Everything is re-exported here:
+``from fercli.schema import ...``.
 """
 
 from fercli.schema.checkpoint import (
