@@ -1,12 +1,14 @@
 """Self-describing checkpoints: a model rebuilds from the file alone.
 
-A checkpoint is ``torch.save`` of a plain dict with the keys :data:`fercli.schema.CHECKPOINT_KEYS`:
+A checkpoint is ``torch.save`` of a plain dict with the keys :data:`fercli.schema.CHECKPOINT_KEYS`
+(:mod:`fercli.schema.checkpoint` defines the format and its keys; this module fills and checks them):
 the registry name (``arch``) and complete builder arguments (``model_args``), the class list, the
 preprocessing (``input_size``, ``mean``, ``std``), the weights, the stage config, metrics, library
 versions and provenance. Two optional keys say how to read the outputs: ``temperature`` (the
 calibrated softmax temperature, 1.0 when absent; see :mod:`fercli.calibration`) and ``tta`` (the
-recommended test-time augmentation, ``none`` or ``flip``; ``none`` when absent). Only tensors, numbers, strings, lists and dicts are stored, so it loads
-with ``torch.load(weights_only=True)``; a file that needs pickled code to load is refused.
+recommended test-time augmentation, ``none`` or ``flip``; ``none`` when absent). Only tensors,
+numbers, strings, lists and dicts are stored, so it loads with ``torch.load(weights_only=True)``;
+a file that needs pickled code to load is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from fercli.errors import FerError
 from fercli.fileio import atomic_path, safe_torch_load
 from fercli.models import get_spec
 from fercli.schema import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, SCHEMA_VERSION, make_provenance
-from fercli.transforms import IMAGENET_MEAN, IMAGENET_STD, check_input_size
+from fercli.transforms import DEFAULT_INPUT_SIZE, IMAGENET_MEAN, IMAGENET_STD, check_input_size
 
 
 def library_versions() -> dict[str, str]:
@@ -39,7 +41,7 @@ def make_checkpoint(
     arch: str,
     model_args: dict[str, Any],
     classes: Sequence[str],
-    input_size: int = 224,
+    input_size: int = DEFAULT_INPUT_SIZE,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     config: dict[str, Any] | None = None,

@@ -4,7 +4,8 @@ Writes ``report.json`` (every figure, the model's and manifest's sha256, split, 
 how it was made), ``predictions.csv`` (one row per image: label, prediction, probabilities, so every
 figure can be recomputed by hand), ``confusion.csv`` (counts, rows = true class) and
 ``confusion.png`` (normalised per row, class names on both axes) and ``reliability.png`` (accuracy
-against confidence per bin, :func:`fercli.calibration.plot_reliability`).
+against confidence per bin, :func:`fercli.calibration.plot_reliability`); the names, columns and the
+report's header are :mod:`fercli.schema.reports`'.
 
 Probabilities are the model's calibrated ones (``softmax(logits / T)``, T stored with the model);
 the report gives their ECE (15 bins) and NLL, and when T != 1 also those at T = 1 (``calibration.before``).
@@ -28,7 +29,11 @@ from fercli.errors import FerError
 from fercli.fileio import atomic_path, atomic_write_json, atomic_write_text
 from fercli.inference import Classifier, class_mapping, resolve_model
 from fercli.progress import Track, no_track
-from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, make_provenance, now_iso, read_manifest
+from fercli.schema import (
+    COL_LABEL, COL_PATH, COL_SPLIT, CONFUSION_CSV, CONFUSION_INDEX, CONFUSION_PNG, EVAL_FILES,
+    PREDICTION_COLUMNS, PREDICTIONS_CSV, RELIABILITY_PNG, REPORT_JSON, ROBUSTNESS_JSON, ROBUSTNESS_PNG, SPLITS,
+    dist_columns, make_provenance, manifest_ref, model_ref, prob_columns, read_manifest, report_header,
+)
 from fercli.workspace import Artifact, Workspace
 
 
@@ -195,7 +200,7 @@ def run_eval(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
     y = np.array([classes.index(n) for n in label_names])
     votes = None
     if m.has_dist:
-        votes = rows[[f"dist_{c}" for c in classes]].to_numpy(dtype=np.float64)
+        votes = rows[dist_columns(classes)].to_numpy(dtype=np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             votes = votes / votes.sum(1, keepdims=True)
     metrics = compute_metrics(y, probs, classes, votes)
@@ -205,32 +210,30 @@ def run_eval(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
         calibration_detail["before"] = calibration_summary(raw, y, 1.0)
 
     out_dir = Path(cfg.out) if cfg.out is not None else ws.default_path("eval").parent
-    preds = pd.DataFrame({"path": rows[COL_PATH].to_numpy(), "label": label_names,
-                          "pred": [classes[i] for i in probs.argmax(1)]})
-    for j, c in enumerate(classes):
-        preds[f"p_{c}"] = probs[:, j]
+    preds = pd.DataFrame(dict(zip(PREDICTION_COLUMNS, (rows[COL_PATH].to_numpy(), label_names,
+                                                        [classes[i] for i in probs.argmax(1)]))))
+    for j, col in enumerate(prob_columns(classes)):
+        preds[col] = probs[:, j]
     cm = np.asarray(metrics["confusion"])
-    confusion = pd.DataFrame(cm, index=pd.Index(classes, name="true \\ predicted"), columns=classes).reset_index()
-    atomic_write_text(out_dir / "predictions.csv", _csv_text(preds))
-    atomic_write_text(out_dir / "confusion.csv", _csv_text(confusion))
+    confusion = pd.DataFrame(cm, index=pd.Index(classes, name=CONFUSION_INDEX), columns=classes).reset_index()
+    atomic_write_text(out_dir / PREDICTIONS_CSV, _csv_text(preds))
+    atomic_write_text(out_dir / CONFUSION_CSV, _csv_text(confusion))
     title = f"{clf.arch} on {m.meta.get('dataset') or 'dataset'} {cfg.split} (acc {metrics['accuracy']:.3f})"
-    plot_confusion(cm, classes, title, out_dir / "confusion.png")
+    plot_confusion(cm, classes, title, out_dir / CONFUSION_PNG)
     plot_reliability(probs, y, f"{clf.arch} on {cfg.split}: T = {clf.temperature:.3g}, tta {tta}",
-                     out_dir / "reliability.png", before=raw)
+                     out_dir / RELIABILITY_PNG, before=raw)
 
     model_sha, manifest_sha = ws.sha256(clf.path), ws.sha256(m.path)
     report = {
-        "schema_version": 1, "kind": "eval", "created": now_iso(),
-        "model": {"path": str(clf.path), "sha256": model_sha, "kind": clf.kind, "arch": clf.arch,
-                  "classes": list(clf.classes), "input_size": clf.preprocess.input_size},
-        "manifest": {"path": str(m.path), "sha256": manifest_sha, "split": cfg.split},
+        **report_header("eval"),
+        "model": model_ref(str(clf.path), model_sha, clf.kind, clf.arch, clf.classes, clf.preprocess.input_size),
+        "manifest": manifest_ref(str(m.path), manifest_sha, cfg.split),
         "classes": classes, "tta": tta, "tta_source": "option" if cfg.tta is not None else "model",
         "mapped": mapping is not None, "excluded_by_map": dropped,
         **metrics,
         "temperature": calibration["temperature"], "ece": calibration["ece"], "nll": calibration["nll"],
         "calibration": {"ece_bins": len(calibration_detail["bins"]), **calibration_detail},
-        "files": {k: str(out_dir / f) for k, f in (("predictions", "predictions.csv"), ("confusion_csv", "confusion.csv"),
-                                                    ("confusion_png", "confusion.png"), ("reliability_png", "reliability.png"))},
+        "files": {k: str(out_dir / f) for k, f in EVAL_FILES.items()},
         "provenance": make_provenance("eval", {"student" if clf.kind == "checkpoint" else "export": ws.input_ref(inputs["model"]),
                                                "dataset": ws.input_ref(inputs["dataset"])},
                                       {"split": cfg.split, "accuracy": round(metrics["accuracy"], 4)}, command),
@@ -248,8 +251,8 @@ def run_eval(cfg: EvalConfig, ws: Workspace, track: Track = no_track, command: s
             rb.report(figures, model=report["model"], manifest=report["manifest"], tta=tta,
                       temperature=clf.temperature, eval_accuracy=metrics["accuracy"]),
             out_dir, f"{clf.arch} on {m.meta.get('dataset') or 'dataset'} {cfg.split}")
-        report["files"].update(robustness_json=str(out_dir / "robustness.json"),
-                               robustness_png=str(out_dir / "robustness.png"))
-    atomic_write_json(out_dir / "report.json", report)
-    ws.record("eval", out_dir / "report.json")
+        report["files"].update(robustness_json=str(out_dir / ROBUSTNESS_JSON),
+                               robustness_png=str(out_dir / ROBUSTNESS_PNG))
+    atomic_write_json(out_dir / REPORT_JSON, report)
+    ws.record("eval", out_dir / REPORT_JSON)
     return EvalResult(out_dir, report, inputs)

@@ -9,7 +9,8 @@ so the output means the same in every format (``Classifier.logits`` stays raw ev
 parity check compares the very logits the eager model produces:
 
 * ONNX: ``metadata_props`` (``fercli`` = the JSON below, plus ``classes``, ``input_size``, ``mean``,
-  ``std``, ``temperature``, ``tta`` as plain strings for other runtimes);
+  ``std``, ``temperature``, ``tta`` as plain strings for other runtimes; :mod:`fercli.schema.exports`
+  defines these and the metadata's keys);
 * TorchScript: an extra file ``fercli.json`` inside the archive (``torch.jit.load(path,
   _extra_files={"fercli.json": ""})``);
 * checkpoint: a fercli checkpoint (``.pt``) without ``train_state``; with ``--half`` its floating-point
@@ -40,13 +41,23 @@ from fercli.calibration import model_temperature, model_tta
 from fercli.checkpoint import library_versions, model_from_checkpoint
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_bytes, atomic_write_json, safe_torch_load
-from fercli.schema import SCHEMA_VERSION, make_provenance
+from fercli.schema import (
+    INPUT_NAME,
+    ONNX_META_KEY,
+    OUTPUT_NAME,
+    SOURCE_PROVENANCE_KEY,
+    TORCHSCRIPT_META_FILE,
+    TRAIN_STATE_KEY,
+    export_metadata,
+    make_provenance,
+    onnx_plain_props,
+    sidecar_path,
+)
 from fercli.workspace import Artifact, Workspace
 
 FORMATS = ("onnx", "torchscript", "checkpoint")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "checkpoint": ".pt"}
 HALF_TOLERANCE = 5e-2  # float16 weights: ~2e-3 measured on FERPlus-trained 64x64 models; 25x headroom
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 @dataclass
@@ -202,26 +213,9 @@ def runtime_session(data: bytes | str | os.PathLike[str], runtime: str = "onnxru
 
 
 def export_meta(ckpt: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """What a deployed model needs to be fed and read: classes, preprocessing, calibration, identity."""
+    """The metadata an export of ``ckpt`` carries (:func:`fercli.schema.export_metadata`), its calibration checked."""
     temperature = model_temperature(ckpt, "checkpoint")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "export",
-        "format": fmt,
-        "arch": ckpt["arch"],
-        "model_args": ckpt["model_args"],
-        "classes": list(ckpt["classes"]),
-        "input_size": int(ckpt["input_size"]),
-        "mean": list(ckpt["mean"]),
-        "std": list(ckpt["std"]),
-        "input": {"name": INPUT_NAME, "shape": ["batch", 3, int(ckpt["input_size"]), int(ckpt["input_size"])],
-                  "dtype": "float32", "layout": "NCHW, RGB, (x / 255 - mean) / std"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(ckpt["classes"])],
-                   "meaning": "raw logits; probabilities = softmax(logits / temperature)"},
-        "temperature": temperature,
-        "tta": model_tta(ckpt, "checkpoint"),
-        "versions": library_versions(),
-    }
+    return export_metadata(ckpt, fmt, temperature, model_tta(ckpt, "checkpoint"), library_versions())
 
 
 def slim_checkpoint(ckpt: dict[str, Any], half: bool, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -231,9 +225,9 @@ def slim_checkpoint(ckpt: dict[str, Any], half: bool, provenance: dict[str, Any]
     metrics stay, so the file still says how the model was made.
     """
     state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in ckpt["state_dict"].items()}
-    slim = {k: v for k, v in ckpt.items() if k not in ("train_state", "state_dict", "provenance")}
+    slim = {k: v for k, v in ckpt.items() if k not in (TRAIN_STATE_KEY, "state_dict", "provenance")}
     return {**slim, "state_dict": state, "weights_dtype": "float16" if half else "float32",
-            "source_provenance": ckpt.get("provenance"), "provenance": provenance}
+            SOURCE_PROVENANCE_KEY: ckpt.get("provenance"), "provenance": provenance}
 
 
 def _parity(run: Any, model: nn.Module, input_size: int, batches: tuple[int, ...], seed: int) -> dict[int, float]:
@@ -258,7 +252,7 @@ def resolve_checkpoint(workspace: Workspace, ckpt: str | os.PathLike[str] | None
     if ckpt is not None and quantize and suffix == ".onnx":
         if not Path(ckpt).is_file():
             raise FerError(f"{ckpt}: no such file")
-        sidecar = Path(ckpt).with_name(Path(ckpt).name + ".json")
+        sidecar = sidecar_path(ckpt)
         return workspace.resolve("export", ckpt) if sidecar.is_file() else Artifact("export", Path(ckpt), {})
     if ckpt is not None and suffix not in (".pt", ".pth"):
         raise FerError(f"{ckpt}: fer export takes a fercli checkpoint (.pt or .pth), not {suffix or 'this file'}"
@@ -272,12 +266,7 @@ def onnx_with_meta(model: nn.Module | None, meta: dict[str, Any], opset: int = 1
     if proto is None:
         assert model is not None
         proto = onnx.load_from_string(onnx_bytes(model, int(meta["input_size"]), opset))
-    props = {"fercli": json.dumps(meta), "classes": json.dumps(meta["classes"]), "input_size": str(meta["input_size"]),
-             "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
-             "temperature": repr(float(meta["temperature"])), "tta": meta["tta"]}
-    if meta.get("quantization"):
-        props["quantization"] = meta["quantization"]["mode"]
-    for key, value in props.items():
+    for key, value in onnx_plain_props(meta).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.doc_string = f"fercli {meta['arch']} expression classifier: {', '.join(meta['classes'])}"
@@ -347,7 +336,7 @@ def run_export(cfg: ExportConfig, ws: Workspace, ckpt: str | os.PathLike[str] | 
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ marks TorchScript deprecated; it still works
-            torch.jit.save(scripted, buf, _extra_files={"fercli.json": json.dumps(meta)})
+            torch.jit.save(scripted, buf, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta)})
             data = buf.getvalue()
             reloaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # check what will be on disk
         parity = _parity(lambda x: reloaded(x).numpy(), model, size, cfg.parity_batches, cfg.seed)
@@ -360,7 +349,7 @@ def run_export(cfg: ExportConfig, ws: Workspace, ckpt: str | os.PathLike[str] | 
     sidecar_meta = {**meta, "parity": {"batches": list(parity), "max_abs_diff": worst, "tolerance": tolerance},
                     "provenance": make_provenance("export", inputs=inputs, summary=summary, command=command)}
     atomic_write_bytes(out, data)
-    sidecar = out.with_name(out.name + ".json")
+    sidecar = sidecar_path(out)
     atomic_write_json(sidecar, sidecar_meta)
     ws.record("export", out)
     return ExportResult(out, sidecar, cfg.format, worst, parity, sidecar_meta), art
@@ -373,16 +362,16 @@ def read_export_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         onnx, _ = _require_onnx()
         proto = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
-        if "fercli" not in props:
+        if ONNX_META_KEY not in props:
             raise FerError(f"{path}: ONNX file without fercli metadata; export it with `fer export`")
-        return json.loads(props["fercli"])
-    extra = {"fercli.json": ""}
+        return json.loads(props[ONNX_META_KEY])
+    extra = {TORCHSCRIPT_META_FILE: ""}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as exc:
         raise FerError(f"{path}: not a TorchScript archive ({str(exc).splitlines()[0]})") from exc
-    if not extra["fercli.json"]:
+    if not extra[TORCHSCRIPT_META_FILE]:
         raise FerError(f"{path}: TorchScript file without fercli metadata; export it with `fer export`")
-    return json.loads(extra["fercli.json"])
+    return json.loads(extra[TORCHSCRIPT_META_FILE])

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fercli.errors import FerError
+from fercli.schema import INPUT_NAME
 
 if TYPE_CHECKING:
     from fercli.export import ExportConfig, ExportResult
@@ -216,7 +217,7 @@ class _Reader:
 
 
 def quantize_bytes(fp32: bytes, mode: str, calib: np.ndarray | None = None, exclude: tuple[str, ...] = (),
-                   input_name: str = "input", activations: str = "uint8", quant_format: str = "QDQ",
+                   input_name: str = INPUT_NAME, activations: str = "uint8", quant_format: str = "QDQ",
                    per_channel: bool = True) -> tuple[bytes, dict[str, Any]]:
     """Quantise a float32 ONNX model (bytes) in ``mode``; returns the new model and what was done.
 
@@ -335,7 +336,7 @@ def run_quantized_export(cfg: ExportConfig, ws: Workspace, art: Artifact,
     from fercli.export import (ExportResult, check_onnx_parity, export_meta, onnx_with_meta, ort_session,
                                read_export_meta)
     from fercli.fileio import atomic_write_bytes, atomic_write_json
-    from fercli.schema import make_provenance
+    from fercli.schema import make_provenance, sidecar_path
 
     onnx = _require()
     check_options(cfg)
@@ -388,7 +389,7 @@ def run_quantized_export(cfg: ExportConfig, ws: Workspace, art: Artifact,
                                "against": "eager PyTorch (the float32 graph, before quantisation)"},
                     "provenance": make_provenance("export", inputs=inputs, summary=summary, command=command)}
     atomic_write_bytes(out, data)
-    sidecar = out.with_name(out.name + ".json")
+    sidecar = sidecar_path(out)
     atomic_write_json(sidecar, sidecar_meta)
     ws.record("export", out)
     worst = max(eager.values()) if eager else None

@@ -1,37 +1,14 @@
-"""`fer serve`: the :class:`~fercli.api.Recognizer` behind an HTTP API (FastAPI + uvicorn) and a browser page.
-
-Endpoints: ``POST /v1/predict`` (one image: multipart upload or raw bytes), ``POST /v1/predict/batch``
-(several images, multipart), ``GET /v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus) and
-the page at ``/`` (``fercli/static/index.html``, self-contained). The model and detector are loaded
-once, before the port opens; answers equal `fer predict`'s for the same image and options.
-
-Concurrency: the event loop only parses and answers. Decoding and detection run in a small thread
-pool (detection serialised by the Recognizer's lock); classification goes through
-:class:`MicroBatcher`, which gathers the faces of concurrent requests into one forward pass of up to
-``max_batch`` faces, waiting at most ``max_wait_ms`` for more, on its own thread.
-
-Safety: bodies are read into memory under ``max_upload_mb`` (413, and Content-Length is checked
-before reading); multipart is parsed in memory (upload file names are ignored; nothing touches disk);
-an image's pixel count comes from its header and is refused (413) before any decoding; an unknown
-format is 415, an empty, truncated or corrupt one 422; faces beyond ``max_faces`` are dropped and
-the answer says so. A non-loopback bind needs an API key, compared in constant time (401). CORS is
-off unless origins are given. Reading a body and answering each have a time limit, and any failure
-in one request is that request's error (JSON), never the server's end.
-"""
+"""The FastAPI app: endpoints, the guard middleware (key, time limit, metrics, JSON errors), the page."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import logging
 import time
 from contextlib import asynccontextmanager
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,275 +17,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fercli.align.imageio import NOT_AN_IMAGE, ImageProblem, LoadedImage
-from fercli.api import Detection, FaceResult, Recognizer, RecognizerConfig
-from fercli.calibration import TTA_MODES
+from fercli.align.imageio import ImageProblem, LoadedImage
+from fercli.api import Detection, FaceResult, Recognizer
 from fercli.errors import FerError
-from fercli.workspace import Artifact, Workspace
+from fercli.serve.batcher import MicroBatcher
+from fercli.serve.bodies import multipart_files, read_body
+from fercli.serve.config import ServeConfig
+from fercli.serve.problems import HTTPProblem, image_problem
+from fercli.serve.security import check_api_key
+from fercli.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV = "FER_API_KEY"
-LOOPBACK_NAMES = ("localhost",)
 
-
-@dataclass
-class ServeConfig:
-    """Options of `fer serve`; the detection options mean what they mean for `fer predict`."""
-
-    model: Path | None = None  # default: the workspace's student, else the bundled model
-    detector: str = "auto"
-    detector_weights: Path | None = None
-    min_score: float = 0.8
-    tta: str | None = None  # default: the model's recommendation
-    device: str = "auto"
-    threads: int | None = None
-    runtime: str = "onnxruntime"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None  # required for a non-loopback host ($FER_API_KEY)
-    cors: tuple[str, ...] = ()  # allowed origins; none: CORS off
-    max_batch: int = 16  # faces per classifier pass across concurrent requests
-    max_wait_ms: float = 5.0  # how long a pass waits for more faces
-    max_upload_mb: float = 10.0  # request body limit
-    max_megapixels: float = 40.0  # decoded image limit, from the header
-    max_faces: int = 32  # faces classified per image; more are dropped and reported
-    max_images: int = 16  # images per batch request
-    timeout_s: float = 30.0  # reading a body, and answering, each
-    max_concurrency: int = 64  # open connections before uvicorn answers 503
-
-    def check(self) -> None:
-        """Refuse bad values (FerError naming the option) before anything is loaded."""
-        if self.tta is not None and self.tta not in TTA_MODES:
-            raise FerError(f"--tta must be none or flip, got {self.tta!r}")
-        if not 0 <= self.min_score < 1:
-            raise FerError(f"--min-score must be in [0, 1), got {self.min_score}")
-        if not 0 <= self.port <= 65535:
-            raise FerError(f"--port must be in 0..65535, got {self.port}")
-        for name, value, lo, hi in (("--max-batch", self.max_batch, 1, 1024), ("--max-wait-ms", self.max_wait_ms, 0, 1000),
-                                    ("--max-upload-mb", self.max_upload_mb, 0.001, 1024),
-                                    ("--max-megapixels", self.max_megapixels, 0.001, 250),
-                                    ("--max-faces", self.max_faces, 1, 1000), ("--max-images", self.max_images, 1, 256),
-                                    ("--timeout", self.timeout_s, 0.1, 3600), ("--max-concurrency", self.max_concurrency, 1, 100_000)):
-            if not lo <= value <= hi:
-                raise FerError(f"{name} must be in [{lo:g}, {hi:g}], got {value:g}")
-        if self.api_key is not None and len(self.api_key) < 8:
-            raise FerError("--api-key must be at least 8 characters")
-        for origin in self.cors:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise FerError(f"--cors takes origins such as https://example.org (or *), got {origin!r}")
-        if not is_loopback(self.host) and not self.api_key:
-            raise FerError(f"--host {self.host} is reachable from other machines: pass --api-key KEY (or set "
-                           f"${API_KEY_ENV}), or bind 127.0.0.1")
-
-    def recognizer_config(self) -> RecognizerConfig:
-        return RecognizerConfig(model=self.model, detector=self.detector, detector_weights=self.detector_weights,
-                                min_score=self.min_score, tta=self.tta, device=self.device, threads=self.threads,
-                                runtime=self.runtime, max_faces=self.max_faces)
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-class HTTPProblem(Exception):
-    """A request's failure: an HTTP status, a short machine-readable code and a one-line message."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.extra = status, code, message, extra
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.extra}}
-
-
-def image_problem(exc: ImageProblem) -> HTTPProblem:
-    """An undecodable upload's status: too many pixels 413, not an image 415, damaged or empty 422."""
-    if exc.status == "too_large":
-        return HTTPProblem(413, "too_many_pixels", exc.reason)
-    if exc.reason == NOT_AN_IMAGE:
-        return HTTPProblem(415, "not_an_image", exc.reason)
-    return HTTPProblem(422, "unreadable_image", exc.reason)
-
-
-# ---- micro-batching ----------------------------------------------------------------------------
-@dataclass
-class _Job:
-    crops: np.ndarray  # (n, S, S, 3) uint8 RGB
-    tta: str
-    future: asyncio.Future[np.ndarray]
-
-
-@dataclass
-class MicroBatcher:
-    """Classifies the faces of concurrent requests together.
-
-    :meth:`classify` queues a request's crops; one collector task takes queued jobs until they hold
-    ``max_batch`` faces or ``max_wait_ms`` has passed since the first, then runs them as one pass on a
-    single worker thread (a job larger than ``max_batch`` runs alone). While a pass runs, new jobs
-    queue up, so under load passes fill without waiting. Jobs with different TTA run as separate
-    passes of one round.
-    """
-
-    classify_fn: Callable[[np.ndarray, str], np.ndarray]
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
-    on_batch: Callable[[int, float], None] | None = None  # (faces, seconds) of each pass, for metrics
-    _queue: asyncio.Queue[_Job] | None = None
-    _carry: _Job | None = None  # the job that did not fit the last pass: first in the next
-    _task: asyncio.Task[None] | None = None
-    _executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fer-classify"))
-
-    def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def classify(self, crops: np.ndarray, tta: str) -> np.ndarray:
-        """Probabilities (n, C) of ``crops``, classified in a shared pass."""
-        if len(crops) == 0:
-            return np.empty((0, 0))
-        assert self._queue is not None, "MicroBatcher.start() was not called"
-        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(crops, tta, fut))
-        return await fut
-
-    async def _collect(self) -> list[_Job]:
-        assert self._queue is not None
-        jobs = [self._carry or await self._queue.get()]
-        self._carry = None
-        n = len(jobs[0].crops)
-        deadline = time.monotonic() + self.max_wait_ms / 1000
-        while n < self.max_batch:
-            try:
-                job = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), left)
-                except asyncio.TimeoutError:
-                    break
-            if n + len(job.crops) > self.max_batch:
-                self._carry = job
-                break
-            jobs.append(job)
-            n += len(job.crops)
-        return jobs
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._collect()
-            jobs = [j for j in jobs if not j.future.done()]  # the request gave up (timeout, disconnect)
-            for tta in dict.fromkeys(j.tta for j in jobs):
-                group = [j for j in jobs if j.tta == tta]
-                crops = np.concatenate([j.crops for j in group])
-                t0 = time.perf_counter()
-                try:
-                    probs = await loop.run_in_executor(self._executor, self.classify_fn, crops, tta)
-                except Exception as exc:  # one bad pass fails its requests, never the batcher
-                    log.exception("classification failed")
-                    for j in group:
-                        if not j.future.done():
-                            j.future.set_exception(exc)
-                    continue
-                if self.on_batch is not None:
-                    self.on_batch(len(crops), time.perf_counter() - t0)
-                k = 0
-                for j in group:
-                    if not j.future.done():
-                        j.future.set_result(probs[k:k + len(j.crops)])
-                    k += len(j.crops)
-
-
-# ---- request bodies ----------------------------------------------------------------------------
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise HTTPProblem(413, "upload_too_large", f"the body is {int(declared):,} bytes; the limit is {limit:,}")
-        except ValueError:
-            raise HTTPProblem(400, "bad_request", "Content-Length is not a number") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPProblem(413, "upload_too_large", f"the body is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def multipart_files(body: bytes, content_type: str, max_parts: int) -> list[bytes]:
-    """The file parts of a multipart/form-data body, in order, parsed in memory.
-
-    A part counts as a file when it has a filename or a non-text content type; its filename is
-    never used. Plain form fields are ignored."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    _, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise HTTPProblem(400, "bad_request", "multipart/form-data without a boundary")
-    parts: list[tuple[dict[bytes, bytes], list[bytes]]] = []
-    header = [b"", b""]
-
-    def on_part_begin() -> None:
-        if len(parts) >= max_parts:
-            raise HTTPProblem(413, "too_many_images", f"more than {max_parts} parts in one request")
-        parts.append(({}, []))
-        header[:] = [b"", b""]
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header[0] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header[1] += data[start:end]
-
-    def on_header_end() -> None:
-        parts[-1][0][header[0].strip().lower()] = header[1].strip()
-        header[:] = [b"", b""]
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].append(data[start:end])
-
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data})
-    try:
-        parser.write(body)
-        parser.finalize()
-    except HTTPProblem:
-        raise
-    except Exception as exc:
-        raise HTTPProblem(400, "bad_request", f"malformed multipart body ({type(exc).__name__})") from None
-    files = []
-    for headers, data in parts:
-        _, disp = parse_options_header(headers.get(b"content-disposition", b""))
-        ctype = headers.get(b"content-type", b"text/plain").split(b";")[0].strip().lower()
-        if b"filename" in disp or not ctype.startswith(b"text/"):
-            files.append(b"".join(data))
-    return files
-
-
-# ---- the app -----------------------------------------------------------------------------------
 @dataclass
 class PredictOptions:
     """The query options of both predict endpoints (None: the server's default)."""
@@ -417,17 +138,6 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
         headers = {"WWW-Authenticate": "Bearer"} if p.status == 401 else None
         return JSONResponse(p.body(), status_code=p.status, headers=headers)
 
-    def check_key(request: Request) -> None:
-        if key is None:
-            return
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        # Constant time: how much of a key matched must not show in the response time.
-        if given is None or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key):
-            raise HTTPProblem(401, "unauthorized", "a valid API key is required (X-API-Key or Authorization: Bearer)")
-
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
         """Authentication, the time limit, metrics, and a JSON 500 for anything unexpected."""
@@ -435,7 +145,7 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
         route = request.url.path if request.url.path in ENDPOINTS else "other"
         try:
             if route.startswith("/v1/") or route == "/metrics":
-                check_key(request)
+                check_api_key(request.headers, key)
             if route.startswith("/v1/") and state.get("batcher") is None:
                 raise HTTPProblem(503, "loading", "the model is still loading")
             response = await asyncio.wait_for(call_next(request), cfg.timeout_s)
@@ -591,36 +301,3 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
 
 ENDPOINTS = frozenset({"/", "/v1/predict", "/v1/predict/batch", "/v1/model", "/healthz", "/metrics", "/docs",
                        "/openapi.json"})
-
-
-def check_port_free(host: str, port: int) -> None:
-    """A one-line error when ``host:port`` cannot be bound (uvicorn would fail only after the model
-    loaded, with its own log line). Port 0 (any free port) is always fine."""
-    import socket
-
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise FerError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}): stop what uses "
-                           "it, or pass another --port") from None
-
-
-def run_serve(cfg: ServeConfig, ws: Workspace, on_model: Callable[[Artifact], Any] | None = None,
-          on_ready: Callable[[Recognizer], Any] | None = None) -> None:
-    """Load the model and detector, then serve until interrupted (uvicorn, one process)."""
-    import uvicorn
-
-    cfg.check()
-    check_port_free(cfg.host, cfg.port)  # before the model loads, and before "serving on" is printed
-    rec = Recognizer.from_config(cfg.recognizer_config(), ws, on_model)
-    if on_ready is not None:
-        on_ready(rec)
-    app = create_app(cfg, rec)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", access_log=False,
-                limit_concurrency=cfg.max_concurrency, timeout_keep_alive=5,
-                timeout_graceful_shutdown=int(max(1, cfg.timeout_s)))
