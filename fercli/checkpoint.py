@@ -23,7 +23,7 @@ import torchvision
 from torch import nn
 
 from fercli import __version__
-from fercli.calibration import DEFAULT_TEMPERATURE, DEFAULT_TTA, check_temperature, check_tta, model_temperature, model_tta
+from fercli.probability import DEFAULT_TEMPERATURE, DEFAULT_TTA, check_temperature, check_tta, model_temperature, model_tta
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, safe_torch_load
 from fercli.models import get_spec

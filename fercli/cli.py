@@ -75,7 +75,7 @@ def _main(
 
 # Command name -> (its function, the examples under its --help), in pipeline order as `fer --help` lists
 # them. Each command lives in the fercli.commands module of its name (pretrain-teacher beside train in
-# commands/train.py); that module imports its stage's core module (fercli.align.core, fercli.training,
+# commands/train.py); that module imports its stage's core module (fercli.align, fercli.training,
 # fercli.gen_labels, fercli.calibration, fercli.evaluation, ...) only when the command runs.
 COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "align": (align_cmd.align, align_cmd.EXAMPLE),

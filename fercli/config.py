@@ -4,7 +4,7 @@ Each stage defines one dataclass. :func:`build_config` fills it from the workspa
 for the stage, then an explicit config file (a table named after the stage, or a flat mapping),
 then the flags the user actually passed (``None`` means "not given"), converting and checking
 types so a typo in a config file is a one-line error naming the file and key. Config files (the
-workspace's ``fer.toml``/``fer.yaml`` and ``--config``) are parsed by :func:`load_config_file`.
+workspace's ``fer.toml``/``fer.yaml`` and ``--config``) are parsed by :func:`fercli.config_file.load_config_file`.
 
 Then it validates the finished config (:func:`validate_config`): every option's range, choice and
 path, in one place per stage (:data:`VALIDATORS`, below), before any data is read or anything
@@ -20,13 +20,13 @@ import dataclasses
 import math
 import os
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fercli.config_file import load_config_file
 from fercli.errors import FerError
 
 if typing.TYPE_CHECKING:
@@ -118,31 +118,6 @@ def _with_origin(message: str, origins: dict[str, str]) -> str:
     return message
 
 
-def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a TOML or YAML config file into a dict, with a one-line error when malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FerError(f"{path}: config file not found")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(path.read_text())
-        elif path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(path.read_text()) or {}
-        else:
-            raise FerError(f"{path}: config files must be .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FerError(f"{path}: malformed config ({exc})") from exc
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module level
-        if type(exc).__module__.startswith("yaml"):
-            raise FerError(f"{path}: malformed config ({' '.join(str(exc).split())})") from exc
-        raise
-    if not isinstance(data, dict):
-        raise FerError(f"{path}: config must be a mapping of option names to values")
-    return data
-
-
 def build_config(
     cls: type[C],
     section: str,
@@ -178,15 +153,6 @@ def build_config(
         except FerError as exc:
             raise FerError(_with_origin(str(exc), origins)) from None
     return cfg
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    """A JSON-friendly dict of a config (paths as strings), for reports and checkpoints."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        out[f.name] = str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v)
-    return out
 
 
 # ---- validation: every option of every stage, once, before any data is touched ---------------------
@@ -285,10 +251,10 @@ def split_fractions(option: str, value: typing.Sequence[float]) -> None:
 
 
 def _runtime(cfg: Any) -> None:
-    """``--runtime``: what runs an exported .onnx model (fercli.export.RUNTIMES)."""
+    """``--runtime``: what runs an exported .onnx model (fercli.export_core.RUNTIMES)."""
     if getattr(cfg, "runtime", None) is not None:
         try:
-            from fercli.export import RUNTIMES
+            from fercli.export_core import RUNTIMES
         except ImportError:
             RUNTIMES = ("onnxruntime", "openvino")
         choice("--runtime", cfg.runtime, RUNTIMES)
@@ -312,7 +278,7 @@ def _detection(cfg: Any, detectors: typing.Sequence[str]) -> None:
     at_least("--batch-size", cfg.batch_size, 1, optional=True)
 
 
-@_validator("fercli.align.core.AlignConfig")
+@_validator("fercli.align.config.AlignConfig")
 def validate_align(cfg: Any) -> None:
     _detection(cfg, DETECTOR_CHOICES)
     at_least("--workers", cfg.workers, 0, optional=True)
@@ -325,7 +291,7 @@ def validate_align(cfg: Any) -> None:
 @_validator("fercli.predict.PredictConfig")
 def validate_predict(cfg: Any) -> None:
     from fercli.calibration import TTA_MODES
-    from fercli.video.pipeline import is_video_run
+    from fercli.video.source import is_video_run
     from fercli.video.source import ANNOTATE_VIDEO_SUFFIXES
 
     _detection(cfg, ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar"))
@@ -418,7 +384,7 @@ def validate_calibrate(cfg: Any) -> None:
     device("--device", cfg.device)
 
 
-@_validator("fercli.training.TrainConfig", "fercli.training.TeacherConfig")
+@_validator("fercli.training.config.TrainConfig", "fercli.training.config.TeacherConfig")
 def validate_train(cfg: Any) -> None:
     from fercli.training import validate_train_config
 
@@ -455,7 +421,7 @@ def validate_bench(cfg: Any) -> None:
     at_least("--threads", cfg.threads, 0)
 
 
-@_validator("fercli.export.ExportConfig")
+@_validator("fercli.export_core.ExportConfig")
 def validate_export(cfg: Any) -> None:
     formats = typing.get_args(typing.get_type_hints(type(cfg)).get("format"))
     if formats:  # a Literal: build_config has checked it already; repeated for configs built otherwise
@@ -487,7 +453,7 @@ def validate_demo(cfg: Any) -> None:
     need("--seed", cfg.seed, isinstance(cfg.seed, int) and cfg.seed >= 0, "an integer >= 0")
 
 
-@_validator("fercli.serve.ServeConfig")
+@_validator("fercli.serve.config.ServeConfig")
 def validate_serve(cfg: Any) -> None:
     choice("--detector", cfg.detector, ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar", "none"))
     existing("--model", cfg.model)

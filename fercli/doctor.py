@@ -358,7 +358,7 @@ def check_workspace(workspace: Workspace | None, error: str | None = None) -> li
     """
     if workspace is None:
         return [Check("workspace", "directory", "warning", "-", "pass --workspace DIR (a directory)", error or "")]
-    from fercli.config import load_config_file
+    from fercli.config_file import load_config_file
     from fercli.errors import FerError
     from fercli.schema import CONFIG_FILES
     from fercli.workspace import ENV_VAR

@@ -21,7 +21,7 @@ from fercli.checkpoint import model_from_checkpoint
 from fercli.data import LoaderOptions, batches, cache_dir_for, load_batches, make_split, normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
-from fercli.evaluation import vote_agreement
+from fercli.metrics import vote_agreement
 from fercli.probability import tta_probs
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, dist_columns, make_provenance, read_manifest, write_labels

@@ -28,12 +28,11 @@ from fercli.api import CLASSIFY_BATCH, NO_DETECTOR, FaceCrop, FaceResult, Recogn
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, check_writable_dir
 from fercli.imagestatus import NO_IMAGES_IN_FOLDER, NO_MATCH, path_problem
-from fercli.importers.base import is_image
+from fercli.importers.base import VIDEO_EXTS, is_image
 from fercli.inference import Classifier
 from fercli.progress import Track, no_track
 from fercli.workspace import Artifact, Workspace
 
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
 
 
 @dataclass

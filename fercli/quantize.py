@@ -41,7 +41,7 @@ from fercli.errors import FerError
 from fercli.schema import INPUT_NAME
 
 if TYPE_CHECKING:
-    from fercli.export import ExportConfig, ExportResult
+    from fercli.export_core import ExportConfig, ExportResult
     from fercli.workspace import Artifact, Workspace
 
 MODES = ("int8", "int8-dynamic", "fp16")
@@ -333,7 +333,7 @@ def _calibration(cfg: ExportConfig, workspace: Workspace, meta: dict[str, Any]) 
 def run_quantized_export(cfg: ExportConfig, ws: Workspace, art: Artifact,
                          command: str | None = None) -> tuple[ExportResult, Artifact]:
     """`fer export --quantize MODE`: a checkpoint (or a float32 fercli ONNX export) -> a quantised ONNX file."""
-    from fercli.export import (ExportResult, check_onnx_parity, export_meta, onnx_with_meta, ort_session,
+    from fercli.export_core import (ExportResult, check_onnx_parity, export_meta, onnx_with_meta, ort_session,
                                read_export_meta)
     from fercli.fileio import atomic_write_bytes, atomic_write_json
     from fercli.schema import make_provenance, sidecar_path

@@ -127,7 +127,7 @@ def _to_input(images: np.ndarray, size: int) -> torch.Tensor:
 
 
 def _scores(y: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    from fercli.evaluation import compute_metrics  # here: evaluation imports this module lazily
+    from fercli.metrics import compute_metrics
 
     m = compute_metrics(y, probs, list(classes))
     return {"accuracy": m["accuracy"], "mean_class_accuracy": m["mean_class_accuracy"], "macro_f1": m["macro_f1"],

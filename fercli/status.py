@@ -3,11 +3,14 @@ command to run next (with the options the dataset's splits require)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fercli.errors import FerError
 from fercli.pipeline import PIPELINE, STAGES, Stage
-from fercli.workspace import Artifact, Workspace, run_summary
+from fercli.artifact import Artifact, run_summary
+
+if TYPE_CHECKING:
+    from fercli.workspace import Workspace
 
 
 def status_report(ws: Workspace) -> dict[str, Any]:

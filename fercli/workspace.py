@@ -15,15 +15,14 @@ with the command that remakes them (the stages and their commands: :mod:`fercli.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fercli.artifact import Artifact, format_summary, format_time, labelled_splits, run_summary, short_sha
 from fercli.classes import check_same_classes
-from fercli.config import load_config_file
+from fercli.config_file import load_config_file
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_json, sha256_file
 from fercli.pipeline import STAGES
@@ -41,101 +40,6 @@ FILES_INSIDE: dict[str, tuple[str, ...]] = {
 }
 WHAT = {"dataset": "a dataset manifest (.parquet)", "teacher": "a checkpoint (.pt)", "student": "a checkpoint (.pt)",
         "labels": "a labels file (.parquet)", "eval": "an eval report (.json)", "export": "an exported model"}
-
-
-@dataclass
-class Artifact:
-    """A resolved artifact: its kind, path, metadata, and whether it came from the workspace."""
-
-    kind: str
-    path: Path
-    meta: dict[str, Any]
-    implicit: bool = False
-    bundled: bool = False  # the model shipped inside the package (fercli.inference.bundled_model)
-
-    @property
-    def origin(self) -> str:
-        """Where it came from, as the CLI says it: workspace, given or bundled."""
-        return "bundled" if self.bundled else "workspace" if self.implicit else "given"
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        return self.meta.get("provenance") or {}
-
-    @property
-    def classes(self) -> list[str] | None:
-        return self.meta.get("classes")
-
-    @property
-    def created(self) -> str | None:
-        return self.provenance.get("created")
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return self.provenance.get("summary") or {}
-
-
-def _short(sha: str | None) -> str:
-    return (sha or "?")[:12]
-
-
-def _fmt_time(iso: str | None) -> str:
-    if not iso:
-        return "unknown time"
-    try:
-        return _dt.datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return iso
-
-
-def _metrics_rows(path: Path) -> int | None:
-    """Epochs recorded in a run directory's metrics.csv (one row per finished epoch), or None."""
-    try:
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError):
-        return None
-    return max(0, len(lines) - 1)
-
-
-def run_summary(kind: str, path: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """An artifact's key figures as of now. A training run's best.pt is written at its best epoch, so
-    the ``epochs_run`` it records stops there; the run's metrics.csv (one row per epoch) has the count."""
-    if kind in ("teacher", "student") and "epochs_run" in summary:
-        rows = _metrics_rows(Path(path).parent / "metrics.csv")
-        if rows is not None and rows > int(summary.get("epochs_run") or 0):
-            summary = {**summary, "epochs_run": rows}
-    return summary
-
-
-def _labelled_splits(path: Path) -> dict[str, int] | None:
-    """Labelled rows with an image (status ok, where aligned) per split of a manifest, without pandas."""
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.read_schema(path).names
-        if "split" not in names or "label" not in names:
-            return None
-        table = pq.read_table(path, columns=[c for c in ("split", "label", "status") if c in names])
-    except Exception:  # unreadable: the stages say why when they read it
-        return None
-    splits, labels = table.column("split").to_pylist(), table.column("label").to_pylist()
-    status = table.column("status").to_pylist() if "status" in names else [None] * len(splits)
-    out: dict[str, int] = {}
-    for split, label, st in zip(splits, labels, status):
-        if label is not None and label >= 0 and st in (None, "ok"):
-            out[split] = out.get(split, 0) + 1
-    return out
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    parts = []
-    for k, v in summary.items():
-        if isinstance(v, float):
-            v = f"{v:.4g}"
-        elif isinstance(v, int):
-            v = f"{v:,}"
-        parts.append(f"{k} {v}")
-    return ", ".join(parts)
 
 
 class Workspace:
@@ -261,7 +165,7 @@ class Workspace:
         meta = read_artifact_meta(p)
         info: dict[str, Any] = {"classes": meta.get("classes"), "provenance": meta.get("provenance") or {}}
         if p.suffix.lower() == ".parquet":
-            info["labelled_splits"] = _labelled_splits(p)
+            info["labelled_splits"] = labelled_splits(p)
         info = json.loads(json.dumps(info, default=str))
         cache[str(p)] = [st.st_size, st.st_mtime_ns, info]
         if self.root.is_dir():
@@ -349,8 +253,8 @@ class Workspace:
             # refs written before content identities hold the file's sha256: still fresh if it matches
             if ref.get("sha256") not in (sha, self.file_sha256(current)):
                 return (
-                    f"{self.rel(art.path)} was made from {role} {ref.get('path')} (sha256 {_short(ref.get('sha256'))}) "
-                    f"but {how} {self.rel(current)} (sha256 {_short(sha)})"
+                    f"{self.rel(art.path)} was made from {role} {ref.get('path')} (sha256 {short_sha(ref.get('sha256'))}) "
+                    f"but {how} {self.rel(current)} (sha256 {short_sha(sha)})"
                 )
         return None
 
@@ -364,7 +268,7 @@ class Workspace:
 
     def describe(self, art: Artifact) -> str:
         """One line for "using ..." messages: path, when made, key figures."""
-        text = f"{self.rel(art.path)} (made {_fmt_time(art.created)}"
+        text = f"{self.rel(art.path)} (made {format_time(art.created)}"
         if art.summary:
             text += f"; {format_summary(run_summary(art.kind, art.path, art.summary))}"
         return text + ")"

@@ -1,7 +1,8 @@
 """Package structure: no import cycles among fercli's modules.
 
 Every ``import fercli...`` and ``from fercli... import`` is counted, at module level and inside
-functions alike: a lazy import hides a cycle from the interpreter, not from the reader. Any chain
+functions alike: a lazy import hides a cycle from the interpreter, not from the reader. Imports under
+``if TYPE_CHECKING:`` are left out: they exist for type hints and never run. Any chain
 A -> B -> ... -> A between modules is a cycle, with one exception: a package's ``__init__``
 importing its own submodules (to re-export them, or lazily like ``fercli.__getattr__``) is the
 package's job, not a dependency of the package on its users. A submodule that imports its package
@@ -38,6 +39,24 @@ def _resolve(name: str, modules: dict[str, Path]) -> str | None:
     return None
 
 
+def _is_type_checking_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports for type hints only, which never run."""
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
+
+
+def _walk_runtime(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those inside ``if TYPE_CHECKING:`` blocks."""
+    out: list[ast.AST] = []
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking_block(child))
+    return out
+
+
 def _module_level(tree: ast.Module) -> list[ast.AST]:
     """The nodes that run when the module loads: everything outside function bodies."""
     out: list[ast.AST] = []
@@ -46,7 +65,7 @@ def _module_level(tree: ast.Module) -> list[ast.AST]:
         node = todo.pop()
         out.append(node)
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            todo.extend(ast.iter_child_nodes(node))
+            todo.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking_block(child))
     return out
 
 
@@ -56,7 +75,7 @@ def imports_of(module: str, path: Path, modules: dict[str, Path], eager_only: bo
     is_package = path.name == "__init__.py"
     names: set[str] = set()
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in _module_level(tree) if eager_only else ast.walk(tree):
+    for node in _module_level(tree) if eager_only else _walk_runtime(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -186,3 +205,17 @@ def test_no_submodule_imports_its_eagerly_loading_package() -> None:
 def test_no_import_cycles() -> None:
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles among fercli modules:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_config_validator_names_an_existing_class() -> None:
+    """fercli.config finds a stage's validator by its config class's module and name: a class that
+    moves without its key silently loses its validation, so every key must name a real class."""
+    import importlib
+
+    from fercli.config import VALIDATORS
+
+    for key in VALIDATORS:
+        module, _, name = key.rpartition(".")
+        cls = getattr(importlib.import_module(module), name, None)
+        assert isinstance(cls, type), f"{key}: no such class"
+        assert f"{cls.__module__}.{cls.__qualname__}" == key, f"{key}: the class is defined in {cls.__module__}"

@@ -14,8 +14,7 @@ import logging
 import os
 import urllib.request
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -25,29 +24,12 @@ import torch
 from fercli.align import retinaface_nets
 from fercli.align.config import DEFAULT_DETECT_SIZE, HAAR, check_detect_size
 from fercli.align.faces import Face
-from fercli.align.retinaface_detector import NMS_THRESHOLD, RetinaFaceDetector
+from fercli.align.retinaface_detector import NMS_THRESHOLD, DetectorSpec, RetinaFaceDetector
 from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, safe_torch_load
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DetectorSpec:
-    """How to build, load and feed one RetinaFace variant."""
-
-    name: str
-    build: Callable[[], torch.nn.Module]
-    weights_file: str  # file name in torch's hub cache (``<hub dir>/checkpoints/``)
-    url: str | None  # where the published weights are downloaded from (None: no public URL)
-    source: str  # where a user gets the weights, for error messages
-    rgb: bool  # channel order the network expects
-    mean: tuple[float, float, float]  # subtracted, on the 0..255 scale, in the network's channel order
-    std: tuple[float, float, float]  # divided by, on the 0..255 scale
-    min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
-    steps: tuple[int, ...] = (8, 16, 32)
-    variances: tuple[float, float] = (0.1, 0.2)
 
 
 RESNET50_URL = "https://github.com/ternaus/retinaface/releases/download/0.01/retinaface_resnet50_2020-07-20-f168fae3c.zip"

@@ -7,16 +7,17 @@ and cached; decoding, score filtering and NMS run on whole batches.
 
 The preparation step (:meth:`RetinaFaceDetector.prepare_image`) is a plain function of one image so
 DataLoader workers can run it in parallel with detection. Which network, weights and input
-convention a variant has is :mod:`fercli.align.detectors`' registry.
+convention a variant has is a :class:`DetectorSpec`; :mod:`fercli.align.detectors` registers them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,14 +26,28 @@ import torch
 from fercli.align.config import DEFAULT_DETECT_SIZE
 from fercli.align.faces import Face
 
-if TYPE_CHECKING:
-    from fercli.align.detectors import DetectorSpec
-
 log = logging.getLogger(__name__)
 
 NMS_THRESHOLD = 0.4  # retinaface-pytorch's and Pytorch_Retinaface's default
 PRE_NMS_TOP_K = 5000  # per image, as in Pytorch_Retinaface
 PAD_MULTIPLE = 32  # the coarsest stride: padded sizes give exact feature-map grids
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How to build, load and feed one RetinaFace variant."""
+
+    name: str
+    build: Callable[[], torch.nn.Module]
+    weights_file: str  # file name in torch's hub cache (``<hub dir>/checkpoints/``)
+    url: str | None  # where the published weights are downloaded from (None: no public URL)
+    source: str  # where a user gets the weights, for error messages
+    rgb: bool  # channel order the network expects
+    mean: tuple[float, float, float]  # subtracted, on the 0..255 scale, in the network's channel order
+    std: tuple[float, float, float]  # divided by, on the 0..255 scale
+    min_sizes: tuple[tuple[int, ...], ...] = ((16, 32), (64, 128), (256, 512))
+    steps: tuple[int, ...] = (8, 16, 32)
+    variances: tuple[float, float] = (0.1, 0.2)
 
 
 def resized_shape(h: int, w: int, detect_size: int) -> tuple[int, int, float]:

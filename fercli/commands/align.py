@@ -1,4 +1,4 @@
-"""`fer align`: detect and align faces into crops plus a manifest (see fercli.align.core)."""
+"""`fer align`: detect and align faces into crops plus a manifest (see fercli.align.runner)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def align(
     Every source image gets a manifest row with a status (ok, no_face, unreadable, ...) and a reason; a rerun
     skips finished images. The manifest becomes the workspace's current dataset.
     """
-    from fercli.align.core import AlignConfig, run_align
+    from fercli.align import AlignConfig, run_align
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(AlignConfig, "align", _o.given(AlignConfig, locals()), workspace=ws, config_file=config)

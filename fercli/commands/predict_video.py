@@ -11,7 +11,8 @@ from rich.table import Table
 
 from fercli.commands import _ui
 from fercli.errors import FerError
-from fercli.video.pipeline import is_video_run, predict_video
+from fercli.video.pipeline import predict_video
+from fercli.video.source import is_video_run
 
 __all__ = ["is_video_run", "run"]
 

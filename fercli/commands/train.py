@@ -152,7 +152,7 @@ def _finished_run(cfg: Any, ws: Any, kind: str) -> dict[str, Any] | None:
     """The run directory's state when it holds a *finished* run of exactly these settings on exactly
     these inputs (so `fer train` typed again has nothing to do), else None (run_train() then resumes,
     overwrites or refuses as asked)."""
-    from fercli.config import config_dict
+    from fercli.config_file import config_dict
     from fercli.errors import FerError
     from fercli.schema import read_artifact_meta
 

@@ -14,6 +14,7 @@ from fercli.errors import FerError
 from fercli.schema import COL_LABEL, COL_LABEL_NAME, COL_PATH, COL_SPLIT, UNLABELLED
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})  # what fer predict treats as a video
 
 
 def is_image(name: str) -> bool:

@@ -19,7 +19,7 @@ workspace's file names, a training run's files, `fer eval`'s report files and he
 Every artifact carries ``fercli`` metadata: schema version, kind, class list and provenance (which
 inputs, by sha256, made it; when; with which command). Not owned here: caches (the decoded images
 of :mod:`fercli.data`, the corrupted images of :mod:`fercli.robustness`), `fer align`'s resume
-journal (:mod:`fercli.align.core`), `fer predict`'s outputs (:data:`fercli.video.pipeline.OUT_FILES`)
+journal (:mod:`fercli.align.journal`), `fer predict`'s outputs (:data:`fercli.video.pipeline.OUT_FILES`)
 and `fer demo`'s report page: their modules name them. Everything is re-exported here:
 ``from fercli.schema import ...``.
 """

@@ -20,7 +20,7 @@ import torch
 from fercli import distributed
 from fercli.augment import build_augment, mix_batch
 from fercli.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
-from fercli.config import config_dict
+from fercli.config_file import config_dict
 from fercli.data import Split, batches, epoch_order, load_batches, normalize
 from fercli.errors import FerError
 from fercli.losses import LFERLoss, LossConfig

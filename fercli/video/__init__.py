@@ -15,10 +15,10 @@ probabilities), so the tracking, smoothing and writing can be driven without a m
 """
 
 from fercli.video.pipeline import (
-    Analyzer, FaceObs, VideoConfig, VideoResult, is_video_run, predict_video, recognizer_analyzer, run_video,
+    Analyzer, FaceObs, VideoConfig, VideoResult, predict_video, recognizer_analyzer, run_video,
 )
 from fercli.video.smoothing import TrackSmoother, label_flips
-from fercli.video.source import Frame, FrameSource, SourceInfo, VideoProblem
+from fercli.video.source import Frame, FrameSource, SourceInfo, VideoProblem, is_video_run
 from fercli.video.tracking import FaceTracker
 
 __all__ = [

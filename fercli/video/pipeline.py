@@ -36,6 +36,7 @@ from fercli.fileio import atomic_write_json, check_writable_dir, check_writable_
 from fercli.progress import Track, no_track
 from fercli.video.outputs import AnnotatedVideo, RowWriter, Summary, TrackRow, annotate_frame, plot_timeline
 from fercli.video.smoothing import TrackSmoother
+from fercli.importers.base import VIDEO_EXTS
 from fercli.video.source import ANNOTATE_VIDEO_SUFFIXES, FrameSource, SourceInfo, VideoProblem, is_stream_url
 from fercli.video.tracking import FaceTracker
 
@@ -111,7 +112,6 @@ class VideoConfig:
             raise FerError(f"--duration must be > 0 seconds, got {self.duration!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise FerError(f"--batch-size must be >= 1, got {self.batch_size!r}")
-        from fercli.predict import VIDEO_EXTS
 
         suffix = Path(self.annotate).suffix.lower() if self.annotate is not None else ""
         if suffix in VIDEO_EXTS and suffix not in ANNOTATE_VIDEO_SUFFIXES:
@@ -386,13 +386,6 @@ def recognizer_analyzer(rec: Any) -> Analyzer:
         return out
 
     return analyze
-
-
-def is_video_run(pcfg: Any) -> bool:
-    """True when a :class:`fercli.predict.PredictConfig` names one video file or stream URL, or a camera."""
-    from fercli.video.source import is_video_input
-
-    return pcfg.webcam is not None or (len(pcfg.inputs) == 1 and is_video_input(pcfg.inputs[0]))
 
 
 def video_config(pcfg: Any) -> VideoConfig:

@@ -23,10 +23,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fercli.errors import FerError
+from fercli.importers.base import VIDEO_EXTS
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,7 @@ def is_stream_url(text: str) -> bool:
 
 
 def is_video_input(text: str) -> bool:
-    """True for a stream URL or a file named like a video (`fer predict`'s VIDEO_EXTS)."""
-    from fercli.predict import VIDEO_EXTS
-
+    """True for a stream URL or a file named like a video (``VIDEO_EXTS``)."""
     return is_stream_url(text) or Path(text).suffix.lower() in VIDEO_EXTS
 
 
@@ -284,3 +284,8 @@ class FrameSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_video_run(pcfg: Any) -> bool:
+    """True when a :class:`fercli.predict.PredictConfig` names one video file or stream URL, or a camera."""
+    return pcfg.webcam is not None or (len(pcfg.inputs) == 1 and is_video_input(pcfg.inputs[0]))
