@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fercli.schema import METRICS_CSV
+
 
 @dataclass
 class Artifact:
@@ -71,7 +73,7 @@ def run_summary(kind: str, path: Path, summary: dict[str, Any]) -> dict[str, Any
     """An artifact's key figures as of now. A training run's best.pt is written at its best epoch, so
     the ``epochs_run`` it records stops there; the run's metrics.csv (one row per epoch) has the count."""
     if kind in ("teacher", "student") and "epochs_run" in summary:
-        rows = _metrics_rows(Path(path).parent / "metrics.csv")
+        rows = _metrics_rows(Path(path).parent / METRICS_CSV)
         if rows is not None and rows > int(summary.get("epochs_run") or 0):
             summary = {**summary, "epochs_run": rows}
     return summary

@@ -24,7 +24,7 @@ from typing import Any
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_text
 from fercli.pipeline import MADE_BY
-from fercli.schema import read_artifact_meta
+from fercli.schema import ARTIFACT_FILES, read_artifact_meta
 from fercli.workspace import ENV_VAR as WORKSPACE_ENV
 from fercli.workspace import Workspace, format_summary
 
@@ -173,7 +173,7 @@ def run_demo(cfg: DemoConfig, announce: Callable[[str], None] = print,
     if crops:
         shutil.copy(crops[0], out / "img.png")
         result.stages.append(_run(["predict", "img.png"], out, announce, echo, ws))
-    report = json.loads((out / "eval" / "report.json").read_text())
+    report = json.loads((out / ARTIFACT_FILES["eval"]).read_text())
     result.test_accuracy, result.eval_split = report["accuracy"], report["manifest"]["split"]
     result.report = write_report(result, report)
     return result

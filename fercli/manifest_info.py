@@ -19,6 +19,7 @@ from fercli.schema import (
     COL_LABEL,
     COL_PATH,
     COL_SPLIT,
+    DIST_PREFIX,
     REQUIRED_COLUMNS,
     SPLITS,
     VOTE_PREFIX,
@@ -52,7 +53,7 @@ def read_info(path: str | os.PathLike[str], check_files: bool = True, track: Tra
         raise FerError(f"{path}: missing required column(s) {', '.join(missing)}; expected {', '.join(REQUIRED_COLUMNS)}")
     table = pq.ParquetFile(path).read(columns=_wanted(names, classes))  # not read_table: it imports pandas
     # to_pylist: pyarrow's to_numpy imports pandas, which would double the command's start-up time
-    cols = {c: np.asarray(table.column(c).to_pylist(), dtype=np.float64 if c.startswith("dist_") else None)
+    cols = {c: np.asarray(table.column(c).to_pylist(), dtype=np.float64 if c.startswith(DIST_PREFIX) else None)
             for c in table.column_names}
     cols[COL_LABEL] = cols[COL_LABEL].astype(np.int64)
     labels = cols[COL_LABEL]

@@ -26,16 +26,17 @@ from fercli.config_file import load_config_file
 from fercli.errors import FerError
 from fercli.fileio import atomic_write_json, sha256_file
 from fercli.pipeline import STAGES
-from fercli.schema import ARTIFACT_FILES, CONFIG_FILES, MANIFEST_NAME, STATE_FILE, content_sha256, read_artifact_meta
+from fercli.schema import (ARTIFACT_FILES, BEST_CHECKPOINT, CONFIG_FILES, MANIFEST_NAME, REPORT_JSON, STATE_FILE,
+                           content_sha256, read_artifact_meta)
 
 ENV_VAR = "FER_WORKSPACE"
 # The file a stage looks for when it is given a folder instead of an artifact (e.g. `fer train aligned/`).
 FILES_INSIDE: dict[str, tuple[str, ...]] = {
     "dataset": (MANIFEST_NAME,),
-    "teacher": ("best.pt",),
-    "student": ("best.pt",),
-    "labels": ("labels.parquet",),
-    "eval": ("report.json",),
+    "teacher": (BEST_CHECKPOINT,),
+    "student": (BEST_CHECKPOINT,),
+    "labels": (Path(ARTIFACT_FILES["labels"]).name,),
+    "eval": (REPORT_JSON,),
     "export": ("model.onnx", "model.torchscript"),
 }
 WHAT = {"dataset": "a dataset manifest (.parquet)", "teacher": "a checkpoint (.pt)", "student": "a checkpoint (.pt)",

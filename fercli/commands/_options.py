@@ -2,7 +2,7 @@
 
 A command writes ``device: _o.Device = None``; the alias carries the flag and its help (typer
 reads ``Annotated`` metadata). A group of options several commands take together is added by
-:func:`with_options` (e.g. :data:`INFERENCE`). Help texts spell defaults out instead of reading the
+:func:`with_options` (e.g. :data:`INFERENCE`, :data:`DETECTION`). Help texts spell defaults out instead of reading the
 stage dataclasses, whose modules import torch, which `fer --help` must not wait for; every default a
 help text states is pinned against its dataclass by tests/test_options.py.
 
@@ -50,6 +50,12 @@ Runtime = option(str, "--runtime", help=f"{RUNTIME_HELP} (pip install openvino; 
 ServeRuntime = option(str, "--runtime", help=f"{RUNTIME_HELP}.")
 Model = option(Path, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student].")
 DetectorWeights = option(Path, "--detector-weights", help="Detector weights file.")
+# Face detection and alignment, as `fer align` and `fer predict` take them (fercli.align.config's defaults).
+MinScore = option(float, "--min-score", help="Detection score threshold \\[default: 0.8].")
+MinFaceSize = option(float, "--min-face-size", help="Ignore faces whose box is smaller (source pixels) \\[default: 0].")
+AlignSize = option(int, "--size", help="Crop size in pixels \\[default: 224].")
+Margin = option(float, "--margin", help="Extra context on each side, as a fraction of the face \\[default: 0].")
+DetectSize = option(int, "--detect-size", help="Longest side of the detector's input \\[default: 640].")
 # Class folders without split folders: `fer align` and `fer data import` split them alike.
 SplitFractions = option(str, "--split-fractions", help="Class folders without train/valid/test folders are split once, "
                         "stratified by class and seeded: TRAIN,VALID,TEST fractions \\[default: 0.8,0.1,0.1].")
@@ -57,6 +63,9 @@ NoSplit = option(bool, "--no-split", help="Keep every image of such a folder in 
 Manifest = Annotated[Optional[Path], typer.Argument(help="Dataset manifest \\[default: the workspace's dataset].")]
 
 
+# Face detection and alignment after --faces, in `fer align` and `fer predict` alike.
+DETECTION: dict[str, Any] = {"min_score": MinScore, "min_face_size": MinFaceSize, "size": AlignSize, "margin": Margin,
+                             "detect_size": DetectSize}
 # What every stage that runs a model over a manifest takes (fer gen-labels, calibrate, eval).
 INFERENCE: dict[str, Any] = {"batch_size": BatchSize, "workers": Workers, "cache": Cache, "device": Device}
 

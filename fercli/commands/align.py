@@ -6,7 +6,7 @@ import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -49,6 +49,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@_o.with_options("faces", _o.DETECTION)
 def align(
     ctx: typer.Context,
     src: Optional[Path] = typer.Argument(
@@ -63,11 +64,6 @@ def align(
         None, "--detector-weights", help="RetinaFace weights (.pth, or retinaface-pytorch's .zip) \\[default: torch's hub cache; "
         "ResNet-50 weights are downloaded there]."),
     faces: Optional[str] = typer.Option(None, "--faces", help="largest, best (highest score) or all faces of each image \\[default: largest]."),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Detection score threshold \\[default: 0.8]."),
-    min_face_size: Optional[float] = typer.Option(None, "--min-face-size", help="Ignore faces whose box is smaller (source pixels) \\[default: 0]."),
-    size: Optional[int] = typer.Option(None, "--size", help="Crop size in pixels \\[default: 224]."),
-    margin: Optional[float] = typer.Option(None, "--margin", help="Extra context on each side, as a fraction of the face \\[default: 0]."),
-    detect_size: Optional[int] = typer.Option(None, "--detect-size", help="Longest side of the detector's input \\[default: 640]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps \\[default: auto]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector forward pass \\[default: 4 on CPU, 16 on a GPU]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes \\[default: up to 4; on CPU a quarter of the cores, none below 4 cores]."),
@@ -76,6 +72,7 @@ def align(
     overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Redo DST from scratch (needed to change settings of an existing DST)."),
     config: Optional[Path] = _o.config_file("align", "an", these=True),
     json_out: bool = _o.json_flag("summary"),
+    **detection: Any,
 ) -> None:
     """Detect faces (RetinaFace), align them onto the ArcFace template and write crops plus DST/manifest.parquet.
 
@@ -85,7 +82,7 @@ def align(
     from fercli.align import AlignConfig, run_align
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(AlignConfig, "align", _o.given(AlignConfig, locals()), workspace=ws, config_file=config)
+    cfg = build_config(AlignConfig, "align", _o.given(AlignConfig, locals(), **detection), workspace=ws, config_file=config)
     command = "fer " + " ".join(sys.argv[1:])
     try:
         with _sigterm_as_interrupt():

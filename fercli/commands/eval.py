@@ -12,6 +12,7 @@ from rich.table import Table
 from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
+from fercli.schema import EVAL_FILES, REPORT_JSON
 from fercli.workspace import Workspace
 
 EXAMPLE = """Examples:
@@ -78,8 +79,7 @@ def eval_(
         _print_robustness(rep["robustness"], ws)
     if rep["excluded_by_map"]:
         _ui.out.print(f"--map: {rep['excluded_by_map']:,} images of classes the model lacks were not scored")
-    _ui.out.print(f"wrote {ws.rel(res.out_dir / 'report.json')}, predictions.csv, confusion.csv, confusion.png, "
-                  "reliability.png")
+    _ui.out.print(f"wrote {ws.rel(res.out_dir / REPORT_JSON)}, " + ", ".join(EVAL_FILES.values()))
 
 
 def _delta(x: float) -> str:

@@ -6,7 +6,7 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -36,6 +36,7 @@ EXAMPLE = """Examples:
 """
 
 
+@_o.with_options("faces", _o.DETECTION)
 def predict(
     ctx: typer.Context,
     inputs: Optional[list[str]] = typer.Argument(None, help="Image files, folders, glob patterns, or one video file or stream URL (rtsp://, http://); with --webcam, the camera index (0)."),
@@ -43,11 +44,6 @@ def predict(
     detector: Optional[str] = typer.Option(None, "--detector", help="auto (a RetinaFace whose weights are cached, else haar), retinaface-resnet50, retinaface-mobilenet or haar (OpenCV, offline, boxes only)."),
     detector_weights: _o.DetectorWeights = None,
     faces: Optional[str] = typer.Option(None, "--faces", help="all (default), largest or best."),
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Minimum detection score (0.8)."),
-    min_face_size: Optional[float] = typer.Option(None, "--min-face-size", help="Minimum face size in pixels."),
-    size: Optional[int] = typer.Option(None, "--size", help="Alignment size, as fer align --size (224)."),
-    margin: Optional[float] = typer.Option(None, "--margin", help="Alignment margin, as fer align --margin."),
-    detect_size: Optional[int] = typer.Option(None, "--detect-size", help="Longest side of the detector input."),
     no_detect: Optional[bool] = typer.Option(None, "--no-detect", help="Treat each image as an aligned face."),
     every: Optional[int] = typer.Option(None, "--every", help="Videos as pictures: classify every N-th frame (30), untracked; the default for videos among several inputs."),
     tta: Optional[str] = typer.Option(None, "--tta", help="none or flip \\[default: the model's recommendation]."),
@@ -67,6 +63,7 @@ def predict(
     json_out: bool = typer.Option(False, "--json", help="One JSON object per input picture."),
     csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face (video: per frame and track, as processed)."),
     jsonl_out: bool = typer.Option(False, "--jsonl", help="Video: one JSON line per frame and track, as processed."),
+    **detection: Any,
 ) -> None:
     """Detect, align and classify every face; exit code 1 if any input could not be used."""
     from fercli.commands import predict_video
@@ -80,7 +77,7 @@ def predict(
             raise FerError("--webcam takes a camera index (0, 1, ...), not a file or URL: got "
                            + " ".join(repr(i) for i in inputs))
         camera, inputs = int(inputs[0]) if inputs else 0, []
-    cfg = build_config(PredictConfig, "predict", _o.given(PredictConfig, locals(), inputs=tuple(inputs), webcam=camera),
+    cfg = build_config(PredictConfig, "predict", _o.given(PredictConfig, locals(), inputs=tuple(inputs), webcam=camera, **detection),
                        ws, config)
     video_only = {"--webcam": webcam, "--detect-every": detect_every, "--smooth": smooth, "--out": out, "--show": show,
                   "--live": live, "--duration": duration, "--jsonl": jsonl_out or None}

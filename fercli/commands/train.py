@@ -17,6 +17,7 @@ from rich.table import Table
 from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
+from fercli.schema import BEST_CHECKPOINT, LAST_CHECKPOINT, TRAIN_STATE_KEY
 
 # fercli.training.RECIPES's names (a test checks they agree), spelled out so `--help` imports no torch.
 RECIPE_NAMES = ("paper", "rafdb", "affectnet", "ferplus-cpu")
@@ -157,14 +158,14 @@ def _finished_run(cfg: Any, ws: Any, kind: str) -> dict[str, Any] | None:
     from fercli.schema import read_artifact_meta
 
     out_dir = Path(cfg.out) if cfg.out is not None else ws.default_path(kind).parent
-    best, last = out_dir / "best.pt", out_dir / "last.pt"
+    best, last = out_dir / BEST_CHECKPOINT, out_dir / LAST_CHECKPOINT
     if cfg.resume or cfg.overwrite or not (best.is_file() and last.is_file()):
         return None
     try:
         meta, best_meta = read_artifact_meta(last), read_artifact_meta(best)
     except FerError:
         return None  # run_train() says what is wrong with it
-    state = meta.get("train_state") or {}
+    state = meta.get(TRAIN_STATE_KEY) or {}
     history = state.get("history") or []
     if len(history) < cfg.epochs or state.get("step", 0) != 0:
         return None  # stopped early: --resume continues it

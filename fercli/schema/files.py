@@ -10,16 +10,8 @@ from typing import Any
 from fercli.errors import FerError
 from fercli.schema.checkpoint import CHECKPOINT_FORMAT, checkpoint_meta
 from fercli.schema.parquet import read_parquet_meta
+from fercli.schema.reports import REPORT_JSON
 
-# Default location of each artifact kind, relative to the workspace root.
-ARTIFACT_FILES: dict[str, str] = {
-    "dataset": "aligned/manifest.parquet",
-    "teacher": "teacher/best.pt",
-    "labels": "labels/labels.parquet",
-    "student": "student/best.pt",
-    "eval": "eval/report.json",
-    "export": "export/model.onnx",
-}
 MANIFEST_NAME = "manifest.parquet"  # what `fer align SRC DST` writes inside DST
 IMPORTED_MANIFEST = "data/manifest.parquet"  # default output of `fer data import`
 CONFIG_FILES = ("fer.toml", "fer.yaml", "fer.yml")
@@ -31,6 +23,16 @@ LAST_CHECKPOINT = "last.pt"  # resumable: the latest weights with the optimiser,
 METRICS_CSV = "metrics.csv"  # one row per finished epoch
 CURVES_PNG = "curves.png"  # accuracy and loss per epoch
 RUN_FILES = (BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_CSV, CURVES_PNG)
+
+# Default location of each artifact kind, relative to the workspace root.
+ARTIFACT_FILES: dict[str, str] = {
+    "dataset": f"aligned/{MANIFEST_NAME}",
+    "teacher": f"teacher/{BEST_CHECKPOINT}",
+    "labels": "labels/labels.parquet",
+    "student": f"student/{BEST_CHECKPOINT}",
+    "eval": f"eval/{REPORT_JSON}",
+    "export": "export/model.onnx",
+}
 
 # Metadata beside a file that cannot hold it readably (ONNX, TorchScript): ``<file>.json``.
 SIDECAR_SUFFIX = ".json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fercli.align.config import DEFAULT_DETECTOR, DEFAULT_MIN_SCORE
 from fercli.api import RecognizerConfig
 from fercli.calibration import TTA_MODES
 from fercli.errors import FerError
@@ -16,9 +17,9 @@ class ServeConfig:
     """Options of `fer serve`; the detection options mean what they mean for `fer predict`."""
 
     model: Path | None = None  # default: the workspace's student, else the bundled model
-    detector: str = "auto"
+    detector: str = DEFAULT_DETECTOR
     detector_weights: Path | None = None
-    min_score: float = 0.8
+    min_score: float = DEFAULT_MIN_SCORE
     tta: str | None = None  # default: the model's recommendation
     device: str = "auto"
     threads: int | None = None

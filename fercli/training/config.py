@@ -62,13 +62,14 @@ class TrainConfig:
     mix_alpha: float = 0.2  # MixUp's Beta(alpha, alpha)
     flip: float = 0.5
     shift: float = 0.0  # random translation, a fraction of the input size (paper preset; 0: the paper's flip only)
-    loss: str = "combo"  # combo (eq. 6) or ce
-    alpha: float = 0.5
-    beta: float = LossConfig.beta  # the loss's own default (fercli.losses.LossConfig)
-    dice_eps: float = 1.0
-    kl_weight: float = 1.0
-    kl_reduction: str = "paper"
-    label_smoothing: float = 0.0
+    # the loss's options default to the loss's own defaults (fercli.losses.LossConfig)
+    loss: str = LossConfig.loss  # combo (eq. 6) or ce
+    alpha: float = LossConfig.alpha
+    beta: float = LossConfig.beta
+    dice_eps: float = LossConfig.dice_eps
+    kl_weight: float = LossConfig.kl_weight
+    kl_reduction: str = LossConfig.kl_reduction
+    label_smoothing: float = LossConfig.label_smoothing
     targets: str = "auto"  # auto (teacher labels when available), teacher, votes, mix, none
     target_mix: float = 0.5  # targets=mix: weight of the crowd votes (the rest: the teacher's distribution)
     ema: float | None = None  # decay of an exponential moving average of the weights (validated and saved)
