@@ -54,7 +54,8 @@ from fercli.export_core import (
     runtime_session,
     slim_checkpoint,
     torchscript_module,
-    _parity,
+    eager_parity,
+    require_onnx,
 )
 from fercli.fileio import atomic_write_bytes, atomic_write_json, safe_torch_load
 from fercli.schema import (
@@ -98,9 +99,10 @@ def run_export(cfg: ExportConfig, ws: Workspace, ckpt: str | os.PathLike[str] | 
     inputs = {"student": ws.input_ref(art)}
 
     if cfg.format == "onnx":
-        data = onnx_with_meta(model, meta, cfg.opset)
+        onnx, _ = require_onnx()
+        data = onnx_with_meta(None, meta, proto=onnx.load_from_string(onnx_bytes(model, size, cfg.opset)))
         session = ort_session(data)
-        parity = _parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, size, cfg.parity_batches, cfg.seed)
+        parity = eager_parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, size, cfg.parity_batches, cfg.seed)
     elif cfg.format == "checkpoint":
         slim = slim_checkpoint(meta_ckpt, cfg.half, make_provenance(
             "export", inputs=inputs, summary={"format": "checkpoint", "arch": meta["arch"], "half": cfg.half},
@@ -110,7 +112,7 @@ def run_export(cfg: ExportConfig, ws: Workspace, ckpt: str | os.PathLike[str] | 
         data = buf.getvalue()
         reloaded, _ = model_from_checkpoint(safe_torch_load(io.BytesIO(data), path=out))
         meta = {**meta, "weights_dtype": slim["weights_dtype"]}
-        parity = _parity(lambda x: reloaded(x).numpy(), model, size, cfg.parity_batches, cfg.seed)
+        parity = eager_parity(lambda x: reloaded(x).numpy(), model, size, cfg.parity_batches, cfg.seed)
     else:
         scripted = torchscript_module(model, size)
         buf = io.BytesIO()
@@ -119,7 +121,7 @@ def run_export(cfg: ExportConfig, ws: Workspace, ckpt: str | os.PathLike[str] | 
             torch.jit.save(scripted, buf, _extra_files={TORCHSCRIPT_META_FILE: json.dumps(meta)})
             data = buf.getvalue()
             reloaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # check what will be on disk
-        parity = _parity(lambda x: reloaded(x).numpy(), model, size, cfg.parity_batches, cfg.seed)
+        parity = eager_parity(lambda x: reloaded(x).numpy(), model, size, cfg.parity_batches, cfg.seed)
 
     worst = max(parity.values())
     if not np.isfinite(worst) or worst > tolerance:

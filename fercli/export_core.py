@@ -78,7 +78,7 @@ class ExportResult:
                 **{k: m[k] for k in ("quantization", "quantized_parity") if k in m}}
 
 
-def _require_onnx() -> tuple[Any, Any]:
+def require_onnx() -> tuple[Any, Any]:
     try:
         import onnx
         import onnxruntime
@@ -119,7 +119,7 @@ def torchscript_module(model: nn.Module, input_size: int, batch: int = 2, device
 
 def ort_session(data: bytes | str | os.PathLike[str], threads: int | None = None, device: str = "cpu") -> Any:
     """An ONNX Runtime session with full graph optimisation (CPU, or CUDA when asked and available)."""
-    _, ort = _require_onnx()
+    _, ort = require_onnx()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or torch.get_num_threads()
@@ -210,7 +210,7 @@ def slim_checkpoint(ckpt: dict[str, Any], half: bool, provenance: dict[str, Any]
             SOURCE_PROVENANCE_KEY: ckpt.get("provenance"), "provenance": provenance}
 
 
-def _parity(run: Any, model: nn.Module, input_size: int, batches: tuple[int, ...], seed: int) -> dict[int, float]:
+def eager_parity(run: Any, model: nn.Module, input_size: int, batches: tuple[int, ...], seed: int) -> dict[int, float]:
     gen = torch.Generator().manual_seed(seed)
     diffs = {}
     with torch.inference_mode():
@@ -242,7 +242,7 @@ def resolve_checkpoint(workspace: Workspace, ckpt: str | os.PathLike[str] | None
 
 def onnx_with_meta(model: nn.Module | None, meta: dict[str, Any], opset: int = 17, proto: Any = None) -> bytes:
     """The ONNX file of ``model`` (or an already built ``proto``) with fercli's metadata in ``metadata_props``."""
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     if proto is None:
         assert model is not None
         proto = onnx.load_from_string(onnx_bytes(model, int(meta["input_size"]), opset))
@@ -256,7 +256,7 @@ def onnx_with_meta(model: nn.Module | None, meta: dict[str, Any], opset: int = 1
 def check_onnx_parity(data: bytes, model: nn.Module, meta: dict[str, Any], cfg: ExportConfig, name: str) -> dict[int, float]:
     """Run the ONNX file with ONNX Runtime against eager ``model``; refuse above ``cfg.tolerance`` (1e-4)."""
     session = ort_session(data)
-    parity = _parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, int(meta["input_size"]),
+    parity = eager_parity(lambda x: session.run(None, {INPUT_NAME: x.numpy()})[0], model, int(meta["input_size"]),
                      cfg.parity_batches, cfg.seed)
     tolerance = cfg.tolerance if cfg.tolerance is not None else 1e-4
     worst = max(parity.values())
@@ -272,7 +272,7 @@ def read_export_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata stored *inside* an exported file (no sidecar needed)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        onnx, _ = _require_onnx()
+        onnx, _ = require_onnx()
         proto = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
         if ONNX_META_KEY not in props:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Command -> its stage's config dataclass.
 CONFIGS = {
-    ("align",): "fercli.align.core:AlignConfig",
+    ("align",): "fercli.align.config:AlignConfig",
     ("pretrain-teacher",): "fercli.training:TeacherConfig",
     ("gen-labels",): "fercli.gen_labels:GenLabelsConfig",
     ("train",): "fercli.training:TrainConfig",
