@@ -1,13 +1,21 @@
 """Ship the recipe study's best student as fercli's bundled model, with its operating point chosen on the holdout.
 
-1. Candidates: every finished ``lfer`` run of experiments/recipe.py (results/recipe/lfer*.json); the
-   one with the best *holdout* accuracy is chosen (FERPlus valid, the report split, plays no part).
+1. Candidates: every finished ``lfer`` run of experiments/recipe.py (results/recipe/lfer*.json). A
+   fine-tune of another run (recipe.FINETUNES, e.g. the rare-class re-balancing ``lfer_mix_bal``) is
+   preferred when one has finished; otherwise the run with the best *holdout* accuracy (FERPlus valid,
+   the report split, plays no part).
 2. On the run's own holdout (the stratified 10% of train its training held out), with its best weights:
-   * flip TTA becomes the model's recommended default if it raises holdout accuracy;
+   * for a fine-tune, the weights are interpolated with its base run's, w = (1 - alpha) * base +
+     alpha * fine-tuned for alpha in ALPHAS (WiSE-FT, Wortsman et al. 2022: one model, no extra cost at
+     inference; alpha = 0 is the base run itself);
+   * flip TTA becomes the recommended default if it raises holdout accuracy;
    * post-hoc logit adjustment (Menon et al. 2021): logits - tau * log(train class frequencies), for
-     tau in TAUS; the chosen tau is the one with the best holdout mean per-class accuracy among those
-     that keep holdout accuracy within ``MAX_ACC_DROP`` of tau = 0; it is folded into the classifier's
-     bias, so every consumer (eval, predict, exports) applies it without knowing;
+     tau in TAUS;
+   * the operating point (alpha, tau): the best holdout accuracy among the points that reach issue 13's
+     rare-class targets on the holdout (``FLOORS``: mean per-class accuracy and lowest recall); when no
+     point does, the best holdout mean per-class accuracy within ``MAX_ACC_DROP`` of tau = 0's accuracy
+     (alpha = 1). tau is folded into the classifier's bias, so every consumer (eval, predict, exports)
+     applies it without knowing;
    * a temperature is fitted (after the adjustment) and stored.
 3. ``fer export --format checkpoint --half`` writes the float16 file, copied to fercli/weights/.
 4. Scored on FERPlus valid (8 and 7 classes; ECE before and after the temperature), the tau curve on
@@ -43,11 +51,15 @@ from fercli.training import TrainConfig, prepare_data
 from fercli.transforms import preset_from_meta
 from fercli.workspace import Workspace
 
-NEW_NAME = "ferplus8_lfer_v2_fp16.pt"
-TAUS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-MAX_ACC_DROP = 0.01  # the operating point may cost at most 1 point of holdout accuracy
+NEW_NAME = "ferplus8_lfer_v3_fp16.pt"
+# tau < 0 moves a re-balanced model back toward accuracy; steps of 1/8 (one forward pass per alpha, so cheap)
+TAUS = tuple(i / 8 for i in range(-4, 13))
+ALPHAS = tuple(i / 8 for i in range(9))
+MAX_ACC_DROP = 0.01  # fallback rule: the operating point may cost at most 1 point of holdout accuracy
+# issue 13's rare-class targets, required of the operating point on the holdout
+FLOORS = {"mean_class_accuracy": 0.65, "min_recall": 0.25}
 RECIPE_KEYS = ("arch", "epochs", "batch_size", "lr", "nesterov", "sched", "warmup_epochs", "weight_decay", "augment",
-               "ema", "loss", "beta", "targets", "target_mix", "input_size", "seed")
+               "ema", "loss", "beta", "targets", "target_mix", "input_size", "seed", "balance", "select")
 
 
 def candidates() -> dict[str, dict[str, Any]]:
@@ -91,23 +103,64 @@ def choose_operating_point(curve: list[dict[str, Any]]) -> dict[str, Any]:
     return max(ok, key=lambda p: (p["mean_class_accuracy"], -p["tau"]))
 
 
+def choose_point(grid: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The operating point over every (alpha, tau): (alpha's grid entry, the tau point, the rule applied).
+
+    The best holdout accuracy among the points that reach FLOORS (ties: smaller |tau|, then smaller
+    alpha); without one, choose_operating_point on the largest alpha.
+    """
+    ok = [(g, p) for g in grid for p in g["curve"] if all(p[k] >= v for k, v in FLOORS.items())]
+    if ok:
+        g, p = max(ok, key=lambda gp: (gp[1]["accuracy"], -abs(gp[1]["tau"]), -gp[0]["alpha"]))
+        floors = ", ".join(f"{k.replace('_', ' ')} >= {v:.0%}" for k, v in FLOORS.items())
+        return g, p, f"the best holdout accuracy among the points with holdout {floors}"
+    g = max(grid, key=lambda e: e["alpha"])
+    return g, choose_operating_point(g["curve"]), (f"best holdout mean per-class accuracy within {MAX_ACC_DROP:.0%} "
+                                                    "of tau=0's holdout accuracy")
+
+
+def interpolate(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * base + alpha * tuned for floating-point tensors; counters come from ``tuned``."""
+    return {k: torch.lerp(base[k].float(), v.float(), alpha).to(v.dtype) if v.is_floating_point() else v.clone()
+            for k, v in tuned.items()}
+
+
 def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness: bool = True) -> dict[str, Any]:
     source = c.WS / "runs" / recipe.EXP / name / "best.pt"
     ckpt = load_checkpoint(source)
     model, _ = model_from_checkpoint(ckpt)
+    base_name = recipe.FINETUNES[name][0] if name in recipe.FINETUNES else None
+    tuned_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    base_ckpt = load_checkpoint(c.WS / "runs" / recipe.EXP / base_name / "best.pt") if base_name else None
+    base_state = model_from_checkpoint(base_ckpt)[0].state_dict() if base_ckpt else None
     ws = Workspace(c.WS)
     data = prepare_data(run_config(ckpt), ws)
     pre = preset_from_meta(ckpt)
     y = data.valid.labels.numpy()
-    plain, flipped = holdout_logits(model, data.valid, pre)
-    acc_plain = float((plain.argmax(1) == y).mean())
-    acc_flip = float(((_softmax(plain) + _softmax(flipped)) / 2).argmax(1).__eq__(y).mean())
-    tta = "flip" if acc_flip > acc_plain else "none"
-    # the curve on what inference will see: the (flip-averaged) probabilities, as log-probabilities
-    seen = np.log((_softmax(plain) + _softmax(flipped)) / 2) if tta == "flip" else plain
     prior = np.bincount(data.train.labels.numpy(), minlength=len(data.classes)).astype(np.float64)
-    curve = adjustment_curve(seen, y, prior, TAUS)
-    point = choose_operating_point(curve)
+    grid = []
+    for alpha in ALPHAS if base_state is not None else (1.0,):
+        if base_state is not None:
+            model.load_state_dict(interpolate(base_state, tuned_state, alpha))
+        plain, flipped = holdout_logits(model, data.valid, pre)
+        acc_plain = float((plain.argmax(1) == y).mean())
+        acc_flip = float(((_softmax(plain) + _softmax(flipped)) / 2).argmax(1).__eq__(y).mean())
+        tta = "flip" if acc_flip > acc_plain else "none"
+        # the curve on what inference will see: the (flip-averaged) probabilities, as log-probabilities
+        seen = np.log((_softmax(plain) + _softmax(flipped)) / 2) if tta == "flip" else plain
+        grid.append({"alpha": alpha, "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
+                     "curve": adjustment_curve(seen, y, prior, TAUS), "_logits": (plain, flipped)})
+        c.log.info("alpha %.2f: holdout accuracy %.4f (flip %.4f)", alpha, acc_plain, acc_flip)
+    g, point, rule = choose_point(grid)
+    alpha, tta, curve, (plain, flipped) = g["alpha"], g["tta"], g["curve"], g["_logits"]
+    acc_plain, acc_flip = g["accuracy"], g["accuracy_flip_tta"]
+    work = c.WS / "bundle" / "recipe"
+    work.mkdir(parents=True, exist_ok=True)
+    if base_state is not None:
+        model.load_state_dict(interpolate(base_state, tuned_state, alpha))
+        # the interpolated weights before the adjustment: what "source" means below (scored on valid for the record)
+        source = work / "interpolated.pt"
+        save_checkpoint(source, {**ckpt, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}})
     shift = -point["tau"] * np.log(prior / prior.sum())
     layer = fold_logit_adjustment(model, shift)
     # the adjusted model's logits, without running it again; the temperature fits what inference computes
@@ -115,10 +168,10 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
     ckpt = {**ckpt, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "temperature": temperature, "tta": tta,
             "logit_adjustment": {"tau": point["tau"], "prior": (prior / prior.sum()).tolist(), "folded_into": layer,
-                                 "rule": f"best holdout mean per-class accuracy within {MAX_ACC_DROP:.0%} of tau=0's "
-                                         "holdout accuracy"}}
-    work = c.WS / "bundle" / "recipe"
-    work.mkdir(parents=True, exist_ok=True)
+                                 "rule": rule}}
+    if base_name:
+        ckpt["weight_interpolation"] = {"base": f"{recipe.EXP}/{base_name}", "alpha": alpha,
+                                        "weights": "(1 - alpha) * base + alpha * this run"}
     adjusted = work / "adjusted.pt"
     save_checkpoint(adjusted, ckpt)
     out = work / NEW_NAME
@@ -141,8 +194,11 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
         "best_epoch": run["train"]["best_epoch"], "epochs": run["train"]["epochs_run"],
         "candidates_holdout": {k: r["train"]["best_val_acc"] for k, r in candidates().items()},
         "holdout": {"images": len(y), "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
-                    "tau_curve": curve, "tau": point["tau"], "rule": ckpt["logit_adjustment"]["rule"],
-                    "temperature": temperature},
+                    "tau_curve": curve, "tau": point["tau"], "rule": rule, "temperature": temperature,
+                    **({"interpolation": {"base_run": f"{recipe.EXP}/{base_name}", "alpha": alpha, "floors": FLOORS,
+                                          "base_recipe": {k: base_ckpt["config"].get(k) for k in RECIPE_KEYS},
+                                          "grid": [{k: v for k, v in e.items() if k != "_logits"} for e in grid]}}
+                       if base_name else {})},
         "source_ferplus_valid_8": {"accuracy": valid["accuracy"], "mean_class_accuracy": valid["mean_class_accuracy"],
                                    "tta": tta},
         "export": {k: export.get(k) for k in ("format", "max_abs_diff", "parity")},
@@ -169,7 +225,8 @@ def main() -> None:
     runs = candidates()
     if not runs:
         raise SystemExit(f"no finished lfer runs in {recipe.RESULTS}: run experiments/recipe.py first")
-    name = opts.run or max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])
+    tuned = [k for k in runs if k in recipe.FINETUNES]
+    name = opts.run or (tuned[0] if tuned else max(runs, key=lambda k: runs[k]["train"]["best_val_acc"]))
     result = build(name, runs[name], opts.previous.resolve(), opts.dest.resolve(), not opts.no_robustness)
     c.write_result(recipe.RESULTS / "bundled.json", result)
     c.log.info("bundled %s from %s: FERPlus valid %.4f (8), mean per-class %.4f; %.2f MB", result["file"], name,

@@ -8,9 +8,10 @@ only the report split). Three groups of runs:
 * ``compare`` (issue 13, item 5): {shufflenet_v2, lfer} x {single labels, teacher LDL}, each seed of
   ``--seeds``, all at one shared budget ``--compare-epochs``;
 * ``candidates``: longer ``lfer`` runs for the bundled model: crowd-vote targets, and votes mixed
-  half and half with the teacher's distributions.
+  half and half with the teacher's distributions;
+* ``finetune``: short fine-tunes of a finished candidate (rare-class re-balancing).
 
-    python experiments/recipe.py [--jobs 2] [--only teacher,compare,candidates] [--device cpu]
+    python experiments/recipe.py [--jobs 2] [--only teacher,compare,candidates,finetune] [--device cpu]
 
 On a GPU machine the same script runs everything at once (``--jobs 12 --device cuda``), with the
 augmentation in ``--workers`` worker processes per run. Each result JSON records the device it was
@@ -50,7 +51,16 @@ CANDIDATES: dict[str, list[Any]] = {
     "lfer_mix": ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
                  "--weight-decay", 1e-4],
 }
-NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix"}
+# short fine-tunes of a finished candidate: (base run, epochs, extra options). "lfer_mix_bal" re-balances
+# lfer_mix toward the rare classes (class-balanced draws at a tenth of the learning rate, the classifier
+# re-balancing stage of Kang et al. 2020 applied to the whole network), its best epoch chosen on the
+# holdout's mean per-class accuracy
+FINETUNES: dict[str, tuple[str, int, list[Any]]] = {
+    "lfer_mix_bal": ("lfer_mix", 10, ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
+                                      "--weight-decay", 1e-4, "--balance", "sampler", "--lr", 0.01,
+                                      "--warmup-epochs", 0, "--select", "mean-class"]),
+}
+NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix_bal"}
 
 
 def hardware(device: str) -> str:
@@ -201,6 +211,12 @@ def tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epo
         for name, args in CANDIDATES.items():
             out.append(c.Task(name, lambda n=name, a=args: run(n, 0, candidate_epochs, a, device, workers["candidate"]),
                               ("teacher",) if name in NEEDS_TEACHER else ()))
+    if "finetune" in groups:
+        for name, (base, epochs, args) in FINETUNES.items():
+            init = ["--init", c.WS / "runs" / EXP / base / "best.pt"]
+            out.append(c.Task(name, lambda n=name, e=epochs, a=[*init, *args]: run(n, 0, e, a, device,
+                                                                                 workers["candidate"]),
+                              ("teacher", base) if "candidates" in groups else ("teacher",)))
     if "compare" in groups:
         for seed in seeds:
             for name, args in COMPARE.items():

@@ -106,6 +106,20 @@ def _targets_of(r: dict) -> str:
             "none": "combo loss (eq. 6) on the majority label"}.get(t, str(t))
 
 
+def _optimisation_row(b: dict) -> str:
+    r = b.get("recipe") or {}
+    interp = (b.get("holdout") or {}).get("interpolation")
+    if not interp:
+        return f"| optimisation | `experiments/protocol_recipe.toml`: {_recipe_text(r)}; from scratch |"
+    base = interp["base_run"].rsplit("/", 1)[-1]
+    tuned = b["source_run"].rsplit("/", 1)[-1]
+    balance = {"sampler": "class-balanced draws", "logit-adjust": "a logit-adjusted loss"}.get(r.get("balance"), "")
+    return (f"| optimisation | `experiments/protocol_recipe.toml`: `{base}` from scratch ({_recipe_text(interp['base_recipe'])}); "
+            f"`{tuned}` fine-tunes it ({_recipe_text(r)}{', ' + balance if balance else ''}, best epoch by holdout "
+            f"{'mean per-class accuracy' if r.get('select') == 'mean-class' else 'accuracy'}); the shipped weights are "
+            f"(1 − α)·`{base}` + α·`{tuned}` with α = {interp['alpha']:g} |")
+
+
 def intro_block(b: dict) -> str:
     from fercli.inference import BUNDLED_MODEL
 
@@ -134,7 +148,7 @@ def what_block(b: dict) -> str:
         ("| training data | FERPlus train (FER2013 images, FERPlus crowd labels): majority-vote labels, minus a "
          "stratified 10% holdout used to pick the epoch, the operating point and the temperature |"),
         f"| training targets | {_targets_of(r)} |",
-        f"| optimisation | `experiments/protocol_recipe.toml`: {_recipe_text(r)}; from scratch |",
+        _optimisation_row(b),
         f"| trained on | {b.get('hardware') or 'not recorded'} |"])
 
 
@@ -150,14 +164,32 @@ def choice_block(b: dict) -> str:
     h = b["holdout"]
     cands = sorted(b.get("candidates_holdout", {}).items(), key=lambda kv: -kv[1])
     chosen = b["source_run"].rsplit("/", 1)[-1]
+    interp = h.get("interpolation")
     lines = [(f"Everything here is decided on the source run's own holdout ({h['images']:,} images of FERPlus "
               "train); FERPlus valid played no part."), "",
-             ("**Which run.** The best holdout accuracy among the study's finished `lfer` runs:"
+             (f"**Which run.** `{chosen}`, a short fine-tune of `{interp['base_run'].rsplit('/', 1)[-1]}` (a finished "
+              "fine-tune is preferred). The study's finished `lfer` runs by holdout accuracy:"
+              if interp else
+              "**Which run.** The best holdout accuracy among the study's finished `lfer` runs:"
               if not cands or cands[0][0] == chosen else
               f"**Which run.** `{chosen}`, named with `bundle_recipe.py --run` (the best holdout accuracy among the "
               f"study's finished `lfer` runs is `{cands[0][0]}`'s):"), "",
              "| run | holdout accuracy (%) |", "|---|---:|"]
     lines += [f"| `{k}`{' (chosen)' if k == chosen else ''} | {pct(v)} |" for k, v in cands]
+    if interp:
+        base = interp["base_run"].rsplit("/", 1)[-1]
+        lines += ["", (f"**Weight interpolation** (WiSE-FT, Wortsman et al. 2022): w = (1 − α)·`{base}` + α·`{chosen}`, "
+                       "one model at no extra inference cost; α = 0 is the base run. On the holdout, at τ = 0, and the "
+                       "best accuracy among the τ that reach the rare-class floors:"), "",
+                  "| α | TTA | accuracy (%) | mean per-class (%) | lowest recall (%) | best accuracy at the floors (%) | |",
+                  "|---:|---|---:|---:|---:|---|---|"]
+        for e in interp["grid"]:
+            p0 = next(p for p in e["curve"] if p["tau"] == 0)
+            ok = [p for p in e["curve"] if all(p[k] >= v for k, v in interp["floors"].items())]
+            top = max(ok, key=lambda p: p["accuracy"]) if ok else None
+            best = f"{pct(top['accuracy'])} (τ = {top['tau']:g})" if top else "none"
+            lines.append(f"| {e['alpha']:g} | {e['tta']} | {pct(p0['accuracy'])} | {pct(p0['mean_class_accuracy'])} | "
+                         f"{pct(p0['min_recall'])} | {best} | {'**chosen**' if e['alpha'] == interp['alpha'] else ''} |")
     tta = h["tta"]
     lines += ["", (f"**Flip TTA.** Holdout accuracy {pct(h['accuracy'])}% plain, {pct(h['accuracy_flip_tta'])}% "
                    f"averaging the mirrored face: {'on' if tta == 'flip' else 'off'} (`tta = {tta}` in the file; "

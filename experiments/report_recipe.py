@@ -190,7 +190,8 @@ def _epochs_text(runs: dict[str, dict], teacher: bool = False) -> str:
     """The epochs the study's runs used (recipe.py sets them per run, not the protocol file)."""
     groups = ({"the teacher": [runs["teacher"]] if "teacher" in runs else []} if teacher else
               {"the comparison": [r for k, r in runs.items() if k.rsplit("-s", 1)[0] in recipe.COMPARE and "-s" in k],
-               "the candidates": [runs[k] for k in recipe.CANDIDATES if k in runs]})
+               "the candidates": [runs[k] for k in recipe.CANDIDATES if k in runs],
+               "the fine-tunes": [runs[k] for k in recipe.FINETUNES if k in runs]})
     parts = [f"{'/'.join(str(e) for e in sorted({r['train']['epochs_run'] for r in rs}))} ({g})"
              for g, rs in groups.items() if rs]
     return "; ".join(parts) if parts else "set per run by recipe.py (no run finished yet)"
@@ -414,7 +415,7 @@ def candidates_block(runs: dict[str, dict], bundled: dict | None) -> str:
     lines = ["| candidate | targets (KL) | epochs | holdout (%) | FERPlus valid, 8 cl. (%) | 7 cl. (%) | "
              "mean-class, 8 cl. (%) | lowest per-class recall (%) | training |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    for name in recipe.CANDIDATES:
+    for name in [*recipe.CANDIDATES, *recipe.FINETUNES]:
         r = runs.get(name)
         if not r:
             lines.append(f"| `{name}` | | | not run yet | | | | | |")
@@ -431,7 +432,10 @@ def candidates_block(runs: dict[str, dict], bundled: dict | None) -> str:
         e8 = bundled["ferplus_valid_8"]
         h = bundled["holdout"]
         cands = bundled.get("candidates_holdout") or {}
-        how = ("chosen by holdout accuracy among the study's finished `lfer` runs" if not cands or
+        interp = h.get("interpolation")
+        how = (f"a fine-tune of `{interp['base_run']}` (a finished fine-tune is preferred; weights interpolated "
+               f"with its base at α = {interp['alpha']:g})" if interp else
+               "chosen by holdout accuracy among the study's finished `lfer` runs" if not cands or
                max(cands, key=cands.__getitem__) == bundled["source_run"].rsplit("/", 1)[-1] else
                "named with `bundle_recipe.py --run`")
         lines += ["", (f"**Bundled:** `{bundled['source_run']}`, {how}, then given an operating point on its "
@@ -447,7 +451,8 @@ def cost_block(runs: dict[str, dict]) -> str:
     groups = [("teacher", ["teacher"], 1),
               ("2×2 comparison", [k for k in runs if k.rsplit("-s", 1)[0] in recipe.COMPARE and "-s" in k],
                len(recipe.COMPARE) * len(SEEDS)),
-              ("bundled-model candidates", [k for k in recipe.CANDIDATES if k in runs], len(recipe.CANDIDATES))]
+              ("bundled-model candidates", [k for k in recipe.CANDIDATES if k in runs], len(recipe.CANDIDATES)),
+              ("fine-tunes of a candidate", [k for k in recipe.FINETUNES if k in runs], len(recipe.FINETUNES))]
     lines = ["| part | runs | where | training |", "|---|---:|---|---:|"]
     all_runs = []
     for label, names, expected in groups:
