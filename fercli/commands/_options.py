@@ -48,7 +48,7 @@ BatchSize = option(int, "--batch-size", "-b", help="Inference batch size.")
 Cache = option(bool, "--cache/--no-cache", help="Use the decoded image cache.")
 Runtime = option(str, "--runtime", help=f"{RUNTIME_HELP} (pip install openvino; CPU) \\[default: onnxruntime].")
 ServeRuntime = option(str, "--runtime", help=f"{RUNTIME_HELP}.")
-Model = option(Path, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student].")
+Model = option(Path, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student, else the bundled model].")
 DetectorWeights = option(Path, "--detector-weights", help="Detector weights file.")
 # Face detection and alignment, as `fer align` and `fer predict` take them (fercli.align.config's defaults).
 MinScore = option(float, "--min-score", help="Detection score threshold \\[default: 0.8].")
