@@ -1,9 +1,10 @@
 """Ship the recipe study's best student as fercli's bundled model, with its operating point chosen on the holdout.
 
-1. Candidates: every finished ``lfer`` run of experiments/recipe.py (results/recipe/lfer*.json). A
-   fine-tune of another run (recipe.FINETUNES, e.g. the rare-class re-balancing ``lfer_mix_bal``) is
-   preferred when one has finished; otherwise the run with the best *holdout* accuracy (FERPlus valid,
-   the report split, plays no part).
+1. Candidates: every finished ``lfer`` run of experiments/recipe.py (results/recipe/lfer*.json). The
+   fine-tunes of another run (recipe.FINETUNES, e.g. the rare-class re-balancing ``lfer_mix_bal``) are
+   preferred when any has finished: each gets the search below, and the one whose operating point
+   reaches FLOORS with the best holdout accuracy is shipped. Without a fine-tune, the run with the best
+   *holdout* accuracy (FERPlus valid, the report split, plays no part).
 2. On the run's own holdout (the stratified 10% of train its training held out), with its best weights:
    * for a fine-tune, the weights are interpolated with its base run's, w = (1 - alpha) * base +
      alpha * fine-tuned for alpha in ALPHAS (WiSE-FT, Wortsman et al. 2022: one model, no extra cost at
@@ -125,7 +126,8 @@ def interpolate(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], a
             for k, v in tuned.items()}
 
 
-def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness: bool = True) -> dict[str, Any]:
+def search(name: str) -> dict[str, Any]:
+    """The operating-point search of run ``name`` on its holdout: every (alpha, tau), and the one chosen."""
     source = c.WS / "runs" / recipe.EXP / name / "best.pt"
     ckpt = load_checkpoint(source)
     model, _ = model_from_checkpoint(ckpt)
@@ -152,6 +154,26 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
                      "curve": adjustment_curve(seen, y, prior, TAUS), "_logits": (plain, flipped)})
         c.log.info("alpha %.2f: holdout accuracy %.4f (flip %.4f)", alpha, acc_plain, acc_flip)
     g, point, rule = choose_point(grid)
+    return {"name": name, "source": source, "ckpt": ckpt, "model": model, "base_name": base_name,
+            "tuned_state": tuned_state, "base_state": base_state, "base_ckpt": base_ckpt, "prior": prior, "y": y, "grid": grid,
+            "g": g, "point": point, "rule": rule, "meets_floors": all(point[k] >= v for k, v in FLOORS.items())}
+
+
+def summary_of(found: dict[str, Any]) -> dict[str, Any]:
+    """What bundled.json records of a run's search: its chosen point on the holdout."""
+    p = found["point"]
+    return {"alpha": found["g"]["alpha"], "tau": p["tau"], "tta": found["g"]["tta"], "accuracy": p["accuracy"],
+            "mean_class_accuracy": p["mean_class_accuracy"], "min_recall": p["min_recall"],
+            "meets_floors": found["meets_floors"]}
+
+
+def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path, robustness: bool = True,
+          searched: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fold the chosen operating point into the run's weights, export, score and compare robustness."""
+    name, source, ckpt, model, base_name = found["name"], found["source"], found["ckpt"], found["model"], found["base_name"]
+    tuned_state, base_state, prior, y = found["tuned_state"], found["base_state"], found["prior"], found["y"]
+    grid, g, point, rule, base_ckpt = found["grid"], found["g"], found["point"], found["rule"], found["base_ckpt"]
+    ws = Workspace(c.WS)
     alpha, tta, curve, (plain, flipped) = g["alpha"], g["tta"], g["curve"], g["_logits"]
     acc_plain, acc_flip = g["accuracy"], g["accuracy_flip_tta"]
     work = c.WS / "bundle" / "recipe"
@@ -193,6 +215,7 @@ def build(name: str, run: dict[str, Any], previous: Path, dest: Path, robustness
         "recipe": {k: ckpt["config"].get(k) for k in RECIPE_KEYS},
         "best_epoch": run["train"]["best_epoch"], "epochs": run["train"]["epochs_run"],
         "candidates_holdout": {k: r["train"]["best_val_acc"] for k, r in candidates().items()},
+        **({"finetunes_searched": searched} if searched else {}),
         "holdout": {"images": len(y), "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
                     "tau_curve": curve, "tau": point["tau"], "rule": rule, "temperature": temperature,
                     **({"interpolation": {"base_run": f"{recipe.EXP}/{base_name}", "alpha": alpha, "floors": FLOORS,
@@ -226,8 +249,13 @@ def main() -> None:
     if not runs:
         raise SystemExit(f"no finished lfer runs in {recipe.RESULTS}: run experiments/recipe.py first")
     tuned = [k for k in runs if k in recipe.FINETUNES]
-    name = opts.run or (tuned[0] if tuned else max(runs, key=lambda k: runs[k]["train"]["best_val_acc"]))
-    result = build(name, runs[name], opts.previous.resolve(), opts.dest.resolve(), not opts.no_robustness)
+    names = [opts.run] if opts.run else tuned or [max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])]
+    found = {n: search(n) for n in names}
+    # among several fine-tunes: one whose point reaches the floors, then the best holdout accuracy
+    name = max(found, key=lambda n: (found[n]["meets_floors"], found[n]["point"]["accuracy"]))
+    searched = {n: summary_of(f) for n, f in found.items()} if len(found) > 1 else None
+    result = build(found[name], runs[name], opts.previous.resolve(), opts.dest.resolve(), not opts.no_robustness,
+                   searched)
     c.write_result(recipe.RESULTS / "bundled.json", result)
     c.log.info("bundled %s from %s: FERPlus valid %.4f (8), mean per-class %.4f; %.2f MB", result["file"], name,
                result["ferplus_valid_8"]["accuracy"], result["ferplus_valid_8"]["mean_class_accuracy"],

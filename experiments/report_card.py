@@ -167,8 +167,10 @@ def choice_block(b: dict) -> str:
     interp = h.get("interpolation")
     lines = [(f"Everything here is decided on the source run's own holdout ({h['images']:,} images of FERPlus "
               "train); FERPlus valid played no part."), "",
-             (f"**Which run.** `{chosen}`, a short fine-tune of `{interp['base_run'].rsplit('/', 1)[-1]}` (a finished "
-              "fine-tune is preferred). The study's finished `lfer` runs by holdout accuracy:"
+             (f"**Which run.** `{chosen}`, a short fine-tune of `{interp['base_run'].rsplit('/', 1)[-1]}` (finished "
+              "fine-tunes are preferred" + ("; among them, the one whose operating point reaches the floors with the "
+                                           "best holdout accuracy, below" if b.get("finetunes_searched") else "")
+              + "). The study's finished `lfer` runs by holdout accuracy:"
               if interp else
               "**Which run.** The best holdout accuracy among the study's finished `lfer` runs:"
               if not cands or cands[0][0] == chosen else
@@ -176,6 +178,15 @@ def choice_block(b: dict) -> str:
               f"study's finished `lfer` runs is `{cands[0][0]}`'s):"), "",
              "| run | holdout accuracy (%) |", "|---|---:|"]
     lines += [f"| `{k}`{' (chosen)' if k == chosen else ''} | {pct(v)} |" for k, v in cands]
+    searched = b.get("finetunes_searched")
+    if searched:
+        lines += ["", "**The fine-tunes' operating points** (each one's own search, below, on the holdout):", "",
+                  "| fine-tune | α | τ | TTA | accuracy (%) | mean per-class (%) | lowest recall (%) | reaches the floors |",
+                  "|---|---:|---:|---|---:|---:|---:|---|"]
+        for k, p in searched.items():
+            lines.append(f"| `{k}`{' (chosen)' if k == chosen else ''} | {p['alpha']:g} | {p['tau']:g} | {p['tta']} | "
+                         f"{pct(p['accuracy'])} | {pct(p['mean_class_accuracy'])} | {pct(p['min_recall'])} | "
+                         f"{'yes' if p['meets_floors'] else 'no'} |")
     if interp:
         base = interp["base_run"].rsplit("/", 1)[-1]
         lines += ["", (f"**Weight interpolation** (WiSE-FT, Wortsman et al. 2022): w = (1 − α)·`{base}` + α·`{chosen}`, "

@@ -148,10 +148,12 @@ def make_split(root: Path, rel_paths: Sequence[str], labels: np.ndarray, targets
 
 
 def epoch_order(n: int, epoch: int, seed: int, labels: torch.Tensor | None = None, balanced: bool = False,
-                rank: int = 0, world: int = 1) -> list[int]:
+                rank: int = 0, world: int = 1, power: float = 1.0) -> list[int]:
     """This rank's sample order for one epoch: a seeded permutation, or class-balanced draws.
 
-    Balanced sampling draws N indices with replacement, each class equally likely. With several
+    Balanced sampling draws N indices with replacement, image i of class c with weight
+    ``count(c) ** -power``: with ``power`` 1 each class is equally likely; with 0.5 a class is drawn in
+    proportion to the square root of its count (square-root sampling, Mahajan et al. 2018). With several
     processes the order is padded to a multiple of ``world`` and dealt out round-robin (as
     :class:`torch.utils.data.DistributedSampler` does), so every rank runs the same number of steps.
     """
@@ -160,7 +162,7 @@ def epoch_order(n: int, epoch: int, seed: int, labels: torch.Tensor | None = Non
         if labels is None:
             raise ValueError("balanced sampling needs labels")
         counts = torch.bincount(labels, minlength=int(labels.max()) + 1).float()
-        weights = (1.0 / counts.clamp_min(1))[labels]
+        weights = (1.0 / counts.clamp_min(1).pow(power))[labels]  # power 1: exactly the old 1 / count
         order = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
     else:
         order = torch.randperm(n, generator=g).tolist()

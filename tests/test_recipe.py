@@ -106,6 +106,26 @@ def test_label_smoothing_and_logit_adjustment():
         assert c(logits, soft)[0].item() == pytest.approx(c(logits, y)[0].item(), rel=1e-5)
 
 
+def test_sqrt_sampling_draws_classes_by_the_square_root_of_their_counts():
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    share = [torch.bincount(labels[epoch_order(len(labels), e, 0, labels, balanced=True, power=p)], minlength=2)[1]
+             .item() / len(labels) for p in (0.5, 1.0) for e in range(5)]
+    sqrt_share, even_share = sum(share[:5]) / 5, sum(share[5:]) / 5
+    assert abs(sqrt_share - 0.25) < 0.02  # sqrt(100) / (sqrt(900) + sqrt(100))
+    assert abs(even_share - 0.5) < 0.02
+
+
+def test_balance_sqrt_trains_on_square_root_draws():
+    from fercli.training.optim import sample_order
+
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    cfg = TrainConfig(balance="sqrt", seed=3)
+    assert sample_order(cfg, len(labels), 2, labels, 0, 1) == epoch_order(len(labels), 2, 3, labels, True, power=0.5)
+    none = TrainConfig(balance="none", seed=3)
+    assert sample_order(none, len(labels), 2, labels, 0, 1) == epoch_order(len(labels), 2, 3, labels)
+    validate_train_config(cfg)
+
+
 def test_balanced_sampler_draws_classes_evenly():
     labels = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
     order = epoch_order(len(labels), 0, 0, labels, balanced=True)

@@ -27,7 +27,10 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 SCHEDULES = ("step", "cosine")
-BALANCE_MODES = ("none", "sampler", "logit-adjust")
+BALANCE_MODES = ("none", "sampler", "sqrt", "logit-adjust")
+# --balance modes that change which images an epoch draws: the exponent of fercli.data.epoch_order
+# (1: every class equally often; 0.5: classes in proportion to the square root of their counts)
+SAMPLING_POWER = {"sampler": 1.0, "sqrt": 0.5}
 SELECT_METRICS = ("acc", "mean-class")
 TARGET_MODES = ("auto", "teacher", "votes", "mix", "none")
 
@@ -54,7 +57,7 @@ class TrainConfig:
     lr_step: int = 30
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 1% of --lr, in epochs
-    balance: str = "none"  # none, sampler (class-balanced draws), logit-adjust (Menon et al. 2021)
+    balance: str = "none"  # none, sampler (class-balanced draws), sqrt (square-root sampling), logit-adjust (Menon et al. 2021)
     tau: float = 1.0  # logit adjustment strength (balance=logit-adjust)
     augment: str = "paper"  # paper, light, strong (fercli.augment)
     auto_augment: str = "none"  # none, trivialwide, randaugment

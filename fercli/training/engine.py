@@ -21,14 +21,14 @@ from fercli import distributed
 from fercli.augment import build_augment, mix_batch
 from fercli.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fercli.config_file import config_dict
-from fercli.data import Split, batches, epoch_order, load_batches, normalize
+from fercli.data import Split, batches, load_batches, normalize
 from fercli.errors import FerError
 from fercli.losses import LFERLoss, LossConfig
 from fercli.models import build_model, model_args
 from fercli.schema import BEST_CHECKPOINT, LAST_CHECKPOINT, TRAIN_STATE_KEY, make_provenance
 from fercli.training.config import TrainConfig
 from fercli.training.history import write_history
-from fercli.training.optim import build_scheduler, ema_with_warmup, steps_per_epoch
+from fercli.training.optim import build_scheduler, ema_with_warmup, sample_order, steps_per_epoch
 from fercli.training.prepare import Prepared
 from fercli.transforms import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from fercli.workspace import Workspace
@@ -233,8 +233,7 @@ class Run:
     def train_one_epoch(self, epoch: int, progress: TrainProgress) -> bool:
         """Train ``epoch`` (from the saved step when resuming); True if --max-steps stopped the run."""
         cfg, train, device = self.cfg, self.data.train, self.device
-        order = epoch_order(len(train), epoch, cfg.seed, train.labels, cfg.balance == "sampler", self.dist.rank,
-                            self.dist.world)
+        order = sample_order(cfg, len(train), epoch, train.labels, self.dist.rank, self.dist.world)
         idx_batches = batches(order, cfg.batch_size, drop_last=True)
         first = self.step if epoch == self.epoch else 0
         progress.epoch_start(epoch, cfg.epochs, len(idx_batches), first)

@@ -7,12 +7,17 @@ from collections.abc import Callable
 import torch
 
 from fercli.data import batches, epoch_order
-from fercli.training.config import TrainConfig
+from fercli.training.config import SAMPLING_POWER, TrainConfig
+
+
+def sample_order(cfg: TrainConfig, n: int, epoch: int, labels: torch.Tensor, rank: int, world: int) -> list[int]:
+    """This rank's image order for ``epoch``: a permutation, or the draws ``--balance`` asks for."""
+    power = SAMPLING_POWER.get(cfg.balance)
+    return epoch_order(n, epoch, cfg.seed, labels, power is not None, rank, world, power=power or 1.0)
 
 
 def steps_per_epoch(n: int, cfg: TrainConfig, labels: torch.Tensor, rank: int, world: int) -> int:
-    order = epoch_order(n, 0, cfg.seed, labels, cfg.balance == "sampler", rank, world)
-    return len(batches(order, cfg.batch_size, drop_last=True))
+    return len(batches(sample_order(cfg, n, 0, labels, rank, world), cfg.batch_size, drop_last=True))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
