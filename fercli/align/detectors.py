@@ -137,7 +137,8 @@ def auto_detector(weights: str | os.PathLike[str] | None = None) -> tuple[str, s
         if hub_weights_path(spec).is_file():
             return name, f"its weights are in torch's hub cache ({hub_weights_path(spec)})"
     return HAAR, ("no RetinaFace weights in torch's hub cache; pass --detector retinaface-resnet50 to download "
-                  "them (better on tilted and small faces)")
+                  "them, or --detector-weights mobilenet0.25_Final.pth if you have that file (better on tilted and "
+                  "small faces)")
 
 
 def weights_variant(weights: str | os.PathLike[str]) -> str:
