@@ -180,7 +180,7 @@ def choice_block(b: dict) -> str:
     lines += [f"| `{k}`{' (chosen)' if k == chosen else ''} | {pct(v)} |" for k, v in cands]
     searched = b.get("finetunes_searched")
     if searched:
-        lines += ["", "**The fine-tunes' operating points** (each one's own search, below, on the holdout):", "",
+        lines += ["", "**The fine-tunes' operating points** (each fine-tune searched on the holdout as below; the chosen one's search in detail below):", "",
                   "| fine-tune | α | τ | TTA | accuracy (%) | mean per-class (%) | lowest recall (%) | reaches the floors |",
                   "|---|---:|---:|---|---:|---:|---:|---|"]
         for k, p in searched.items():
