@@ -368,6 +368,9 @@ class _Runner:
                     self._commit(inflight.pop(0))
             finally:
                 self.journal.close()
+                # The interrupt can land inside _commit after a batch is journaled but before it is
+                # recorded in memory: the journal is the truth, so the manifest is built from it.
+                self.entries.update(self.journal.read()[1])
                 self.write_manifest(complete=False)
             raise
         finally:
