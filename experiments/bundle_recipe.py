@@ -131,9 +131,11 @@ def search(name: str) -> dict[str, Any]:
     source = c.WS / "runs" / recipe.EXP / name / "best.pt"
     ckpt = load_checkpoint(source)
     model, _ = model_from_checkpoint(ckpt)
-    base_name = recipe.FINETUNES[name][0] if name in recipe.FINETUNES else None
+    base = recipe.FINETUNES[name][0] if name in recipe.FINETUNES else None
+    # a run of the study ("recipe/<run>"), or a file such as a bundled model (its path in the repository)
+    base_name = recipe._rel(base) if isinstance(base, Path) else f"{recipe.EXP}/{base}" if base else None
     tuned_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    base_ckpt = load_checkpoint(c.WS / "runs" / recipe.EXP / base_name / "best.pt") if base_name else None
+    base_ckpt = load_checkpoint(recipe.base_weights(base)) if base else None
     base_state = model_from_checkpoint(base_ckpt)[0].state_dict() if base_ckpt else None
     ws = Workspace(c.WS)
     data = prepare_data(run_config(ckpt), ws)
@@ -192,7 +194,7 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
             "logit_adjustment": {"tau": point["tau"], "prior": (prior / prior.sum()).tolist(), "folded_into": layer,
                                  "rule": rule}}
     if base_name:
-        ckpt["weight_interpolation"] = {"base": f"{recipe.EXP}/{base_name}", "alpha": alpha,
+        ckpt["weight_interpolation"] = {"base": base_name, "alpha": alpha,
                                         "weights": "(1 - alpha) * base + alpha * this run"}
     adjusted = work / "adjusted.pt"
     save_checkpoint(adjusted, ckpt)
@@ -218,7 +220,7 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
         **({"finetunes_searched": searched} if searched else {}),
         "holdout": {"images": len(y), "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
                     "tau_curve": curve, "tau": point["tau"], "rule": rule, "temperature": temperature,
-                    **({"interpolation": {"base_run": f"{recipe.EXP}/{base_name}", "alpha": alpha, "floors": FLOORS,
+                    **({"interpolation": {"base_run": base_name, "alpha": alpha, "floors": FLOORS,
                                           "base_recipe": {k: base_ckpt["config"].get(k) for k in RECIPE_KEYS},
                                           "grid": [{k: v for k, v in e.items() if k != "_logits"} for e in grid]}}
                        if base_name else {})},
@@ -237,6 +239,11 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
     }
 
 
+def _on_disk(name: str) -> bool:
+    base = recipe.FINETUNES[name][0]
+    return (c.WS / "runs" / recipe.EXP / name / "best.pt").is_file() and recipe.base_weights(base).is_file()
+
+
 def main() -> None:
     p = c.parser(__doc__)
     p.add_argument("--previous", type=Path, default=bundle.FIRST_MODEL, help="the model to compare robustness with")
@@ -248,7 +255,11 @@ def main() -> None:
     runs = candidates()
     if not runs:
         raise SystemExit(f"no finished lfer runs in {recipe.RESULTS}: run experiments/recipe.py first")
-    tuned = [k for k in runs if k in recipe.FINETUNES]
+    # a fine-tune is searched only while its weights and its base's are on disk (run directories are not
+    # committed: a run made on a machine since handed back keeps only its result JSON)
+    tuned = [k for k in runs if k in recipe.FINETUNES and _on_disk(k)]
+    for k in sorted(set(runs) & set(recipe.FINETUNES) - set(tuned)):
+        c.log.warning("%s: not searched, its weights (or its base's) are no longer on disk", k)
     names = [opts.run] if opts.run else tuned or [max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])]
     found = {n: search(n) for n in names}
     # among several fine-tunes: one whose point reaches the floors, then the best holdout accuracy
