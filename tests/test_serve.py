@@ -248,3 +248,39 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(runner, workspace: Pat
         res = runner.invoke(app, ["serve", "--port", str(port)])
     assert res.exit_code == 1 and f"--port {port}: cannot listen on 127.0.0.1:{port}" in res.output, res.output
     assert "pass another --port" in res.output and "serving on" not in res.output
+
+
+def test_port_0_prints_the_port_actually_bound_and_serves_there(runner, workspace: Path, monkeypatch):
+    """`fer serve --port 0` names the port the system chose, and the server answers on it."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from fercli.cli import app
+
+    real_run = uvicorn.Server.run
+    seen: dict[str, object] = {}
+
+    def run_then_stop(self: uvicorn.Server, sockets=None) -> None:
+        # The real server, on a thread, probed once over loopback, then asked to stop.
+        thread = threading.Thread(target=real_run, args=(self,), kwargs={"sockets": sockets}, daemon=True)
+        thread.start()
+        port = sockets[0].getsockname()[1]
+        seen["port"] = port
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "status" not in seen:
+            try:
+                seen["status"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.should_exit = True
+        thread.join(15)
+        seen["stopped"] = not thread.is_alive()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_then_stop)
+    res = runner.invoke(app, ["serve", "--port", "0", "--detector", "none", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    port = seen["port"]
+    assert isinstance(port, int) and port > 0 and seen["status"] == 200 and seen["stopped"]
+    assert f"serving on http://127.0.0.1:{port}/ (page)" in res.output and ":0/" not in res.output, res.output
