@@ -284,3 +284,17 @@ def test_port_0_prints_the_port_actually_bound_and_serves_there(runner, workspac
     port = seen["port"]
     assert isinstance(port, int) and port > 0 and seen["status"] == 200 and seen["stopped"]
     assert f"serving on http://127.0.0.1:{port}/ (page)" in res.output and ":0/" not in res.output, res.output
+
+
+def test_a_header_over_pils_own_bomb_limit_gets_fercli_s_message(plain: Recognizer):
+    """Over ~179 MP PIL refuses a header in its own words; the 413 says fercli's limit and its option."""
+    from fercli.align.imageio import _header
+
+    assert _header(png(20000, 10000))[1] == (20000, 10000)  # read past PIL's refusal: fercli's limit decides
+    with client(plain) as c:
+        for w, h in ((20000, 10000), (30000, 30000), (9000, 9000)):  # 200 and 900 MP (over PIL's), 81 MP
+            r = c.post("/v1/predict", content=png(w, h), headers={"Content-Type": "image/png"})
+            err = r.json()["error"]
+            assert (r.status_code, err["code"]) == (413, "too_many_pixels"), (w, h)
+            assert err["message"] == (f"{w}x{h} pixels is more than the 40 MP limit "
+                                      "(raise it with the server's --max-megapixels)"), err["message"]
