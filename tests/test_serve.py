@@ -298,3 +298,17 @@ def test_a_header_over_pils_own_bomb_limit_gets_fercli_s_message(plain: Recogniz
             assert (r.status_code, err["code"]) == (413, "too_many_pixels"), (w, h)
             assert err["message"] == (f"{w}x{h} pixels is more than the 40 MP limit "
                                       "(raise it with the server's --max-megapixels)"), err["message"]
+
+
+def test_several_files_to_v1_predict_point_to_the_batch_endpoint(plain: Recognizer):
+    """Two files to /v1/predict: the error says it takes one and where several go; a form field is no image."""
+    two = [("file", ("a.png", face_png(), "image/png")), ("file", ("b.png", face_png(), "image/png"))]
+    with client(plain) as c:
+        r = c.post("/v1/predict", files=two)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "too_many_images"), r.text
+        assert r.json()["error"]["message"] == ("/v1/predict takes one image; send several to /v1/predict/batch "
+                                                "(up to 16 per request)")
+        one = c.post("/v1/predict", files=two[:1], data={"note": "a plain form field is not an image"})
+        assert one.status_code == 200, one.text
+        batch = c.post("/v1/predict/batch", files=two)
+        assert batch.status_code == 200 and [x["status"] for x in batch.json()["results"]] == ["ok", "ok"]

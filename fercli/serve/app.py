@@ -175,11 +175,11 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(HTTPProblem(exc.status_code, "http_error", str(exc.detail)))
 
-    async def images_of(request: Request, max_images: int) -> list[bytes]:
+    async def images_of(request: Request, max_images: int, too_many: HTTPProblem | None = None) -> list[bytes]:
         body = await asyncio.wait_for(read_body(request, int(cfg.max_upload_mb * 1024 * 1024)), cfg.timeout_s)
         ctype = request.headers.get("content-type", "")
         if ctype.lower().startswith("multipart/form-data"):
-            files = multipart_files(body, ctype, max_images)
+            files = multipart_files(body, ctype, max_images, too_many)
         else:  # raw image bytes, whatever the declared type: the header decides what it is
             files = [body] if body else []
         if not files:
@@ -247,9 +247,9 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
         """One image (a multipart file, or the raw bytes as the body): every face's box, landmarks,
         detection score, label and probability per class, with the model's sha256."""
         rec: Recognizer = state["rec"]
-        data = await images_of(request, 1)
-        if len(data) > 1:
-            raise HTTPProblem(422, "too_many_images", "one image per request here; use /v1/predict/batch for several")
+        data = await images_of(request, 1, HTTPProblem(
+            422, "too_many_images", f"/v1/predict takes one image; send several to /v1/predict/batch "
+                                    f"(up to {cfg.max_images} per request)"))
         (result,) = await answer(data, opts)
         if isinstance(result, HTTPProblem):
             raise result
