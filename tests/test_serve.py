@@ -312,3 +312,24 @@ def test_several_files_to_v1_predict_point_to_the_batch_endpoint(plain: Recogniz
         assert one.status_code == 200, one.text
         batch = c.post("/v1/predict/batch", files=two)
         assert batch.status_code == 200 and [x["status"] for x in batch.json()["results"]] == ["ok", "ok"]
+
+
+def test_model_card_labels_the_recorded_accuracy_as_the_holdout_s(plain: Recognizer):
+    """/v1/model must not pass the training holdout's accuracy off as a report figure (the README quotes FERPlus valid)."""
+    from fercli.serve import holdout_accuracy
+
+    with client(plain) as c:
+        card = c.get("/v1/model").json()
+        page = c.get("/").text
+    best = plain.model.meta["metrics"]["best"]
+    held = card["holdout_accuracy"]
+    assert "accuracy" not in card and held["value"] == round(best["val_acc"], 4) and held["epoch"] == best["epoch"]
+    assert held["mean_class_accuracy"] == round(best["val_mean_class_acc"], 4)
+    assert "holdout" in held["what"] and "not a report split such as FERPlus valid" in held["what"]
+    assert "changed_after" not in held  # the bundled model: tau 0, alpha 1, so the figure is the shipped weights'
+    assert "holdout accuracy" in page and "m.accuracy" not in page
+    meta = {"metrics": {"best": {"val_acc": 0.81234, "epoch": 7}}, "logit_adjustment": {"tau": 0.75},
+            "weight_interpolation": {"alpha": 0.5}}
+    assert holdout_accuracy(meta)["changed_after"] == ("the weights were changed after this was recorded: "
+                                                       "logit adjustment (tau 0.75), weight interpolation (alpha 0.5)")
+    assert holdout_accuracy({"metrics": {}}) is None

@@ -24,7 +24,7 @@ Modules: :mod:`~fercli.serve.config` (options), :mod:`~fercli.serve.app` (the ap
 :mod:`~fercli.serve.server` (:func:`run_serve`). Everything public is re-exported here.
 """
 
-from fercli.serve.app import ENDPOINTS, PredictOptions, create_app, model_card, predict_options
+from fercli.serve.app import ENDPOINTS, PredictOptions, create_app, holdout_accuracy, model_card, predict_options
 from fercli.serve.batcher import MicroBatcher
 from fercli.serve.bodies import multipart_files, read_body
 from fercli.serve.config import ServeConfig
@@ -34,6 +34,6 @@ from fercli.serve.server import bind_port, run_serve
 
 __all__ = [
     "API_KEY_ENV", "ENDPOINTS", "HTTPProblem", "LOOPBACK_NAMES", "MicroBatcher", "PredictOptions", "ServeConfig",
-    "bind_port", "check_api_key", "create_app", "image_problem", "is_loopback", "model_card",
+    "bind_port", "check_api_key", "create_app", "holdout_accuracy", "image_problem", "is_loopback", "model_card",
     "multipart_files", "predict_options", "read_body", "run_serve",
 ]
