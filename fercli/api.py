@@ -49,6 +49,31 @@ COLOR_ORDERS = ("bgr", "rgb")
 
 # What Recognizer.predict accepts: a file path, an encoded image (bytes), a PIL image, or pixels.
 ImageInput = Union[str, "os.PathLike[str]", bytes, np.ndarray, Any]
+ACCEPTED = "a file path (str or Path), encoded image bytes, a PIL image or a uint8 numpy array"
+
+
+def _is_pil(image: Any) -> bool:
+    return hasattr(image, "mode") and hasattr(image, "convert")  # duck-typed: PIL is not imported here
+
+
+def _not_a_picture(image: Any) -> FerError:
+    """The error for an object Recognizer cannot read, naming its type and what it takes instead."""
+    cls = type(image)
+    kind = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    hint = "; for several pictures, call predict_batch" if isinstance(image, (list, tuple)) else ""
+    return FerError(f"not a picture: got {kind}; pass {ACCEPTED}{hint}")
+
+
+def _path_problem(path: str | os.PathLike[str], exc: ImageProblem) -> ImageProblem:
+    """``exc`` naming ``path`` (reasons from load_image omit it: fer predict puts it in its own column);
+    a missing file also says how other inputs are passed, since a str is always taken as a path."""
+    shown = os.fsdecode(path)
+    shown = shown if len(shown) <= 120 else shown[:100] + "..."  # e.g. base64 text passed as a str
+    if exc.status == "missing":
+        other = ("URLs are not fetched: download the image and pass its bytes" if shown.startswith(("http://", "https://"))
+                 else "other pictures go in as encoded bytes, a PIL image or a uint8 numpy array")
+        return ImageProblem(exc.status, f"{shown}: {exc.reason} (a str or Path is read as an image file; {other})")
+    return ImageProblem(exc.status, f"{shown}: {exc.reason}")
 
 
 @dataclass
@@ -124,7 +149,7 @@ class RecognizerConfig:
 
 def _face_pixels(image: Any, color: str | None) -> np.ndarray:
     """A PIL image or a numpy array -> uint8 grey (HxW) or BGR (HxWx3), the layout detectors take."""
-    if hasattr(image, "mode") and hasattr(image, "convert"):  # a PIL image, without importing PIL here
+    if _is_pil(image):
         if image.mode in ("L", "I;16", "I"):
             return np.asarray(image.convert("L"))
         return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
@@ -150,7 +175,19 @@ class Recognizer:
     Haar cascade), ``retinaface-mobilenet``, ``retinaface-resnet50``, ``haar``, or ``none`` (every
     picture is an aligned face). The keyword
     options are :class:`RecognizerConfig`'s. Bad options and unusable models raise :class:`FerError`
-    before anything is loaded; unusable pictures raise :class:`ImageProblem` (``status``, ``reason``).
+    before anything is loaded; unusable pictures raise :class:`ImageProblem` (``status``, ``reason``,
+    naming the path for files), and an object that is no picture at all a :class:`FerError` naming
+    its type.
+
+    What it picked, once built (``repr()`` shows them too):
+
+    * ``model_path``: the model file used (``Path``); ``model_name``: its file name;
+      ``model_origin``: ``given``, ``workspace`` or ``bundled``; ``model``: the resolved
+      :class:`~fercli.workspace.Artifact` with its metadata; ``classifier``: the loaded model.
+    * ``detector``: the detector actually used, ``auto`` resolved (``retinaface-resnet50``,
+      ``retinaface-mobilenet``, ``haar``, or ``none``); ``detector_note``: why ``auto`` chose it
+      (None otherwise); ``detector_name``: the same as ``detector`` but None for ``none``.
+    * ``tta``, ``device``, ``classes``, ``sha256``.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, detector: str = "auto", *,
@@ -174,6 +211,9 @@ class Recognizer:
         ws = workspace if isinstance(workspace, Workspace) else Workspace.find(workspace)
         self.config = cfg
         self.model: Artifact = resolve_model(ws, cfg.model)  # its errors name the file tried and what is wrong
+        self.model_path: Path = self.model.path
+        self.model_name: str = self.model.path.name
+        self.model_origin: str = self.model.origin
         if on_model is not None:
             on_model(self.model)
         self.device = resolve_device(cfg.device)
@@ -184,6 +224,7 @@ class Recognizer:
             self.detector_name, self.detector_note = auto_detector(cfg.detector_weights)
         else:
             self.detector_name, self.detector_note = (None if cfg.detector == NO_DETECTOR else cfg.detector), None
+        self.detector: str = self.detector_name or NO_DETECTOR  # "auto" resolved, as a caller would pass it
         self._detectors: dict[str, Any] = {}
         self._detectors_lock = threading.Lock()  # guards the cache (loading), not detection
         self._detect_lock = threading.Lock()
@@ -195,6 +236,12 @@ class Recognizer:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.classifier.classes
+
+    def __repr__(self) -> str:
+        auto = " (auto)" if self.config.detector == "auto" else ""  # why auto chose it: detector_note
+        return (f"<Recognizer model={self.model_name!r} ({self.model_origin}, {self.classifier.arch}, "
+                f"{len(self.classes)} classes) at {str(self.model_path)!r}, detector={self.detector!r}{auto}, "
+                f"tta={self.tta!r}, device={str(self.device)!r}>")
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -237,11 +284,17 @@ class Recognizer:
         array (HxW grey, or HxWx3/4 with ``color`` 'bgr' or 'rgb': the order must be said).
 
         Encoded input is checked from its header first (:func:`fercli.align.imageio.decode_image`):
-        more than ``max_pixels`` pixels is refused before decoding. Raises :class:`ImageProblem`."""
+        more than ``max_pixels`` pixels is refused before decoding. Raises :class:`ImageProblem` (a
+        file's reason starts with its path), or :class:`FerError` for an object of any other type."""
         if isinstance(image, (bytes, bytearray, memoryview)):
             return decode_image(bytes(image), max_pixels=max_pixels, quiet=quiet)
         if isinstance(image, (str, os.PathLike)):
-            return load_image(image)
+            try:
+                return load_image(image)
+            except ImageProblem as exc:
+                raise _path_problem(image, exc) from None
+        if not (_is_pil(image) or isinstance(image, np.ndarray) or hasattr(image, "__array__")):
+            raise _not_a_picture(image)  # np.asarray would make an object array of it, and a puzzling error
         pixels = _face_pixels(image, color)
         return LoadedImage(pixels, 1.0, (pixels.shape[1], pixels.shape[0]))
 
@@ -334,15 +387,22 @@ class Recognizer:
                       max_faces: int | None = None, batch_size: int = 8) -> list[list[FaceResult]]:
         """:meth:`predict` for several pictures: detection in batches of ``batch_size`` pictures and
         classification of all their faces together. The first unusable picture raises
-        :class:`ImageProblem`, its reason prefixed with its position."""
+        :class:`ImageProblem` (or :class:`FerError` for an object that is no picture), its message
+        prefixed with its position when there are several."""
+        if isinstance(images, (str, bytes, os.PathLike)) or _is_pil(images):  # iterating it would go wrong quietly
+            raise FerError(f"predict_batch takes a list of pictures, got one {type(images).__name__}: "
+                           "wrap it in a list, or call predict")
         detections: list[Detection] = []
         for start in range(0, len(images), max(1, batch_size)):
             pictures = []
             for k, image in enumerate(images[start:start + batch_size], start):
+                where = f"image {k}: " if len(images) > 1 else ""
                 try:
                     pictures.append(self.load(image, color))
                 except ImageProblem as exc:
-                    raise ImageProblem(exc.status, f"image {k}: {exc.reason}") from None
+                    raise ImageProblem(exc.status, where + exc.reason) from None
+                except FerError as exc:
+                    raise FerError(where + str(exc)) from None
             detections += self.detect(pictures, detect=detect, detector=detector, min_score=min_score,
                                       max_faces=max_faces)
         crops = [f.crop for d in detections for f in d.faces]

@@ -83,3 +83,39 @@ def test_no_detector_and_offline_detectors_only(tmp_path: Path, hub: Path):
     with pytest.raises(FerError, match="not available offline"):  # a request must never start a download
         rec.detector_for("retinaface-resnet50")
     assert rec.detector_for("haar").name == "haar"
+
+
+def test_errors_name_the_input_and_what_is_accepted(tmp_path: Path):
+    rec = Recognizer(detector="none", device="cpu", workspace=tmp_path)
+    missing = tmp_path / "nope" / "photo.jpg"
+    with pytest.raises(ImageProblem) as info:
+        rec.predict(missing)
+    assert info.value.status == "missing"
+    assert str(info.value) == (f"{missing}: file not found (a str or Path is read as an image file; other pictures "
+                               "go in as encoded bytes, a PIL image or a uint8 numpy array)")
+    with pytest.raises(ImageProblem, match="URLs are not fetched"):
+        rec.predict("https://example.org/face.jpg")
+    accepted = "pass a file path (str or Path), encoded image bytes, a PIL image or a uint8 numpy array"
+    for obj, kind in ((None, "NoneType"), (12, "int"), ({"a": 1}, "dict"), (Path, "type")):
+        with pytest.raises(FerError) as info:
+            rec.predict(obj)
+        assert str(info.value) == f"not a picture: got {kind}; {accepted}", obj
+    with pytest.raises(FerError, match=r"^not a picture: got list; .*; for several pictures, call predict_batch$"):
+        rec.predict([np.zeros((8, 8), np.uint8)])
+    with pytest.raises(FerError, match=r"^image 1: not a picture: got NoneType"):  # a batch names the position
+        rec.predict_batch([np.zeros((8, 8), np.uint8), None])
+    with pytest.raises(FerError, match="predict_batch takes a list of pictures, got one str"):
+        rec.predict_batch(str(missing))
+
+
+def test_recognizer_says_which_model_and_detector_it_picked(tmp_path: Path, hub: Path):
+    from fercli.inference import bundled_model
+
+    plain = Recognizer(detector="none", device="cpu", workspace=tmp_path)
+    assert plain.model_path == bundled_model() and plain.model_name == bundled_model().name
+    assert plain.model_origin == "bundled" and plain.detector == "none" and plain.detector_name is None
+    assert repr(plain) == (f"<Recognizer model={plain.model_name!r} (bundled, {plain.classifier.arch}, 8 classes) at "
+                           f"{str(plain.model_path)!r}, detector='none', tta={plain.tta!r}, device='cpu'>")
+    auto = Recognizer(model=plain.model_path, device="cpu", workspace=tmp_path)  # the hub cache is empty: haar
+    assert auto.detector == auto.detector_name == "haar" and "no RetinaFace weights" in auto.detector_note
+    assert auto.model_origin == "given" and "detector='haar' (auto)" in repr(auto)

@@ -248,3 +248,88 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(runner, workspace: Pat
         res = runner.invoke(app, ["serve", "--port", str(port)])
     assert res.exit_code == 1 and f"--port {port}: cannot listen on 127.0.0.1:{port}" in res.output, res.output
     assert "pass another --port" in res.output and "serving on" not in res.output
+
+
+def test_port_0_prints_the_port_actually_bound_and_serves_there(runner, workspace: Path, monkeypatch):
+    """`fer serve --port 0` names the port the system chose, and the server answers on it."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from fercli.cli import app
+
+    real_run = uvicorn.Server.run
+    seen: dict[str, object] = {}
+
+    def run_then_stop(self: uvicorn.Server, sockets=None) -> None:
+        # The real server, on a thread, probed once over loopback, then asked to stop.
+        thread = threading.Thread(target=real_run, args=(self,), kwargs={"sockets": sockets}, daemon=True)
+        thread.start()
+        port = sockets[0].getsockname()[1]
+        seen["port"] = port
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "status" not in seen:
+            try:
+                seen["status"] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.should_exit = True
+        thread.join(15)
+        seen["stopped"] = not thread.is_alive()
+
+    monkeypatch.setattr(uvicorn.Server, "run", run_then_stop)
+    res = runner.invoke(app, ["serve", "--port", "0", "--detector", "none", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    port = seen["port"]
+    assert isinstance(port, int) and port > 0 and seen["status"] == 200 and seen["stopped"]
+    assert f"serving on http://127.0.0.1:{port}/ (page)" in res.output and ":0/" not in res.output, res.output
+
+
+def test_a_header_over_pils_own_bomb_limit_gets_fercli_s_message(plain: Recognizer):
+    """Over ~179 MP PIL refuses a header in its own words; the 413 says fercli's limit and its option."""
+    from fercli.align.imageio import _header
+
+    assert _header(png(20000, 10000))[1] == (20000, 10000)  # read past PIL's refusal: fercli's limit decides
+    with client(plain) as c:
+        for w, h in ((20000, 10000), (30000, 30000), (9000, 9000)):  # 200 and 900 MP (over PIL's), 81 MP
+            r = c.post("/v1/predict", content=png(w, h), headers={"Content-Type": "image/png"})
+            err = r.json()["error"]
+            assert (r.status_code, err["code"]) == (413, "too_many_pixels"), (w, h)
+            assert err["message"] == (f"{w}x{h} pixels is more than the 40 MP limit "
+                                      "(raise it with the server's --max-megapixels)"), err["message"]
+
+
+def test_several_files_to_v1_predict_point_to_the_batch_endpoint(plain: Recognizer):
+    """Two files to /v1/predict: the error says it takes one and where several go; a form field is no image."""
+    two = [("file", ("a.png", face_png(), "image/png")), ("file", ("b.png", face_png(), "image/png"))]
+    with client(plain) as c:
+        r = c.post("/v1/predict", files=two)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "too_many_images"), r.text
+        assert r.json()["error"]["message"] == ("/v1/predict takes one image; send several to /v1/predict/batch "
+                                                "(up to 16 per request)")
+        one = c.post("/v1/predict", files=two[:1], data={"note": "a plain form field is not an image"})
+        assert one.status_code == 200, one.text
+        batch = c.post("/v1/predict/batch", files=two)
+        assert batch.status_code == 200 and [x["status"] for x in batch.json()["results"]] == ["ok", "ok"]
+
+
+def test_model_card_labels_the_recorded_accuracy_as_the_holdout_s(plain: Recognizer):
+    """/v1/model must not pass the training holdout's accuracy off as a report figure (the README quotes FERPlus valid)."""
+    from fercli.serve import holdout_accuracy
+
+    with client(plain) as c:
+        card = c.get("/v1/model").json()
+        page = c.get("/").text
+    best = plain.model.meta["metrics"]["best"]
+    held = card["holdout_accuracy"]
+    assert "accuracy" not in card and held["value"] == round(best["val_acc"], 4) and held["epoch"] == best["epoch"]
+    assert held["mean_class_accuracy"] == round(best["val_mean_class_acc"], 4)
+    assert "holdout" in held["what"] and "not a report split such as FERPlus valid" in held["what"]
+    assert "changed_after" not in held  # the bundled model: tau 0, alpha 1, so the figure is the shipped weights'
+    assert "holdout accuracy" in page and "m.accuracy" not in page
+    meta = {"metrics": {"best": {"val_acc": 0.81234, "epoch": 7}}, "logit_adjustment": {"tau": 0.75},
+            "weight_interpolation": {"alpha": 0.5}}
+    assert holdout_accuracy(meta)["changed_after"] == ("the weights were changed after this was recorded: "
+                                                       "logit adjustment (tau 0.75), weight interpolation (alpha 0.5)")
+    assert holdout_accuracy({"metrics": {}}) is None

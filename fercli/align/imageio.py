@@ -62,6 +62,36 @@ class LoadedImage:
         return self.image.ndim == 2
 
 
+def _open_unchecked(data: bytes):
+    """PIL's lazy open, without PIL's own decompression-bomb refusal.
+
+    PIL refuses headers over 2 x ``Image.MAX_IMAGE_PIXELS`` (about 179 MP) with a message of its own;
+    fercli checks the pixel count itself, against its own limit (which may be higher: up to
+    :data:`MAX_PIXELS`) and in its own words. Only an image PIL refuses that way is identified again,
+    through the plugin registry ``Image.open`` walks (``Image.ID``, ``Image.OPEN``), minus the check;
+    nothing is decoded. Changing ``Image.MAX_IMAGE_PIXELS`` instead would lift the check for every
+    thread of the process."""
+    import struct
+
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        bomb = exc
+    fp = io.BytesIO(data)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        ok = not accept or accept(data[:16])
+        if ok and not isinstance(ok, str):  # a str is PIL's "almost this format" warning
+            try:
+                fp.seek(0)
+                return factory(fp, "")
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise bomb
+
+
 def _header(data: bytes):
     """(format, (w, h), mode, exif orientation) from the file header, via PIL (no full decode)."""
     from PIL import Image, UnidentifiedImageError
@@ -69,7 +99,7 @@ def _header(data: bytes):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            im = Image.open(io.BytesIO(data))
+            im = _open_unchecked(data)
             fmt, size, mode = im.format, im.size, im.mode
             try:
                 orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -77,8 +107,9 @@ def _header(data: bytes):
                 orientation = 1
     except UnidentifiedImageError:
         raise ImageProblem("unreadable", NOT_AN_IMAGE) from None
-    except Image.DecompressionBombError as exc:  # pragma: no cover - MAX_IMAGE_PIXELS is lifted below
-        raise ImageProblem("too_large", str(exc)) from None
+    except Image.DecompressionBombError:  # only if PIL's registry stops matching _open_unchecked's use of it
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise ImageProblem("too_large", f"the header declares more than {limit / 1e6:.0f} MP") from None
     except Exception as exc:
         raise ImageProblem("unreadable", f"unreadable image header ({type(exc).__name__}: {exc})") from None
     return fmt, size, mode, orientation

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
+
+if TYPE_CHECKING:  # the command imports its stage only when it runs (fer --help stays light)
+    from fercli.api import Recognizer
 
 EXAMPLE = """Examples:
 
@@ -27,7 +30,7 @@ def serve(
     ctx: typer.Context,
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Checkpoint or export \\[default: the workspace's student, else the bundled model]."),
     host: Optional[str] = typer.Option(None, "--host", help="Address to bind \\[default: 127.0.0.1]; any other than loopback needs --api-key."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port \\[default: 8000]."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port \\[default: 8000]; 0 takes any free port (the serving line names it)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="FER_API_KEY", show_envvar=True, help="Key clients send as X-API-Key or Authorization: Bearer (8+ characters)."),
     cors: Optional[list[str]] = typer.Option(None, "--cors", help="Allow browser pages from this origin (repeatable) \\[default: CORS off]."),
     detector: Optional[str] = typer.Option(None, "--detector", help="auto, retinaface-resnet50, retinaface-mobilenet, haar or none (every image is an aligned face)."),
@@ -54,10 +57,11 @@ def serve(
     overrides = _o.given(ServeConfig, locals(), cors=tuple(cors) if cors else None, timeout_s=timeout)
     cfg = build_config(ServeConfig, "serve", overrides, ws, config)
 
-    def ready(rec) -> None:
+    def ready(rec: Recognizer, port: int) -> None:
         if rec.detector_name is not None:
             _ui.say(ctx, f"[dim]detector:[/] {rec.detector_name}" + (f" (auto: {rec.detector_note})" if rec.detector_note else ""))
-        where = f"http://{'[' + cfg.host + ']' if ':' in cfg.host else cfg.host}:{cfg.port}"
+        host = cfg.host.strip("[]")
+        where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"  # the bound port: --port 0 picks one
         _ui.say(ctx, f"serving on {where}/ (page), {where}/docs (API), {where}/metrics; Ctrl-C stops"
                 + ("; API key required" if cfg.api_key else ""))
 

@@ -24,16 +24,16 @@ Modules: :mod:`~fercli.serve.config` (options), :mod:`~fercli.serve.app` (the ap
 :mod:`~fercli.serve.server` (:func:`run_serve`). Everything public is re-exported here.
 """
 
-from fercli.serve.app import ENDPOINTS, PredictOptions, create_app, model_card, predict_options
+from fercli.serve.app import ENDPOINTS, PredictOptions, create_app, holdout_accuracy, model_card, predict_options
 from fercli.serve.batcher import MicroBatcher
 from fercli.serve.bodies import multipart_files, read_body
 from fercli.serve.config import ServeConfig
 from fercli.serve.problems import HTTPProblem, image_problem
 from fercli.serve.security import API_KEY_ENV, LOOPBACK_NAMES, check_api_key, is_loopback
-from fercli.serve.server import check_port_free, run_serve
+from fercli.serve.server import bind_port, run_serve
 
 __all__ = [
     "API_KEY_ENV", "ENDPOINTS", "HTTPProblem", "LOOPBACK_NAMES", "MicroBatcher", "PredictOptions", "ServeConfig",
-    "check_api_key", "check_port_free", "create_app", "image_problem", "is_loopback", "model_card",
+    "bind_port", "check_api_key", "create_app", "holdout_accuracy", "image_problem", "is_loopback", "model_card",
     "multipart_files", "predict_options", "read_body", "run_serve",
 ]

@@ -53,21 +53,48 @@ def predict_options(
     return PredictOptions(detect, tta, top_k, detector, min_score)
 
 
-def model_card(rec: Recognizer, cfg: ServeConfig) -> dict[str, Any]:
-    """What `GET /v1/model` and the page show: the model, its calibration, its accuracy as recorded in
-    the file (when it records one) and the server's limits."""
-    meta = rec.model.meta or {}
+HOLDOUT_WHAT = ("accuracy on the training run's holdout (the split it chose its best epoch on: its manifest's "
+                "valid split, or the share of train held out by --val-fraction), one pass without TTA, recorded "
+                "in the file at training; not a report split such as FERPlus valid, which `fer eval` measures "
+                "(the README quotes the bundled model's)")
+
+
+def holdout_accuracy(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The accuracy a checkpoint records for its training holdout, labelled as such (None when absent).
+
+    Checkpoints record no report-split figures, only the holdout's (``metrics.best``), so this is
+    all a file can say about itself; ``changed_after`` says when the weights were altered after it was
+    recorded (post-hoc logit adjustment, weight interpolation), which makes the figure approximate."""
     metrics = meta.get("metrics")
     best = metrics.get("best") if isinstance(metrics, dict) else None
-    accuracy = None
-    if isinstance(best, dict) and isinstance(best.get("val_acc"), (int, float)):
-        accuracy = {"value": round(float(best["val_acc"]), 4), "what": "validation accuracy recorded at training"
-                    + (f" (epoch {best['epoch']})" if "epoch" in best else "")}
+    if not isinstance(best, dict) or not isinstance(best.get("val_acc"), (int, float)):
+        return None
+    out: dict[str, Any] = {"value": round(float(best["val_acc"]), 4)}
+    if isinstance(best.get("val_mean_class_acc"), (int, float)):
+        out["mean_class_accuracy"] = round(float(best["val_mean_class_acc"]), 4)
+    if isinstance(best.get("epoch"), int):
+        out["epoch"] = best["epoch"]
+    out["what"] = HOLDOUT_WHAT
+    changed = []
+    tau = (meta.get("logit_adjustment") or {}).get("tau")  # experiments/bundle_recipe.py writes both
+    alpha = (meta.get("weight_interpolation") or {}).get("alpha")
+    if isinstance(tau, (int, float)) and tau != 0:
+        changed.append(f"logit adjustment (tau {tau:g})")
+    if isinstance(alpha, (int, float)) and alpha != 1:
+        changed.append(f"weight interpolation (alpha {alpha:g})")
+    if changed:
+        out["changed_after"] = "the weights were changed after this was recorded: " + ", ".join(changed)
+    return out
+
+
+def model_card(rec: Recognizer, cfg: ServeConfig) -> dict[str, Any]:
+    """What `GET /v1/model` and the page show: the model, its calibration, the holdout accuracy recorded
+    in the file (when it records one; see :func:`holdout_accuracy`) and the server's limits."""
     clf = rec.classifier
     return {
         "arch": clf.arch, "kind": clf.kind, "classes": list(clf.classes), "input_size": clf.preprocess.input_size,
         "temperature": clf.temperature, "tta": cfg.tta or rec.tta, "sha256": rec.sha256, "file": rec.model.path.name,
-        "bundled": bool(getattr(rec.model, "bundled", False)), "accuracy": accuracy,
+        "bundled": bool(getattr(rec.model, "bundled", False)), "holdout_accuracy": holdout_accuracy(rec.model.meta or {}),
         "detector": rec.detector_name, "min_score": cfg.min_score,
         "limits": {"max_upload_mb": cfg.max_upload_mb, "max_megapixels": cfg.max_megapixels,
                    "max_faces": cfg.max_faces, "max_images": cfg.max_images, "timeout_s": cfg.timeout_s},
@@ -175,11 +202,11 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(HTTPProblem(exc.status_code, "http_error", str(exc.detail)))
 
-    async def images_of(request: Request, max_images: int) -> list[bytes]:
+    async def images_of(request: Request, max_images: int, too_many: HTTPProblem | None = None) -> list[bytes]:
         body = await asyncio.wait_for(read_body(request, int(cfg.max_upload_mb * 1024 * 1024)), cfg.timeout_s)
         ctype = request.headers.get("content-type", "")
         if ctype.lower().startswith("multipart/form-data"):
-            files = multipart_files(body, ctype, max_images)
+            files = multipart_files(body, ctype, max_images, too_many)
         else:  # raw image bytes, whatever the declared type: the header decides what it is
             files = [body] if body else []
         if not files:
@@ -247,9 +274,9 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
         """One image (a multipart file, or the raw bytes as the body): every face's box, landmarks,
         detection score, label and probability per class, with the model's sha256."""
         rec: Recognizer = state["rec"]
-        data = await images_of(request, 1)
-        if len(data) > 1:
-            raise HTTPProblem(422, "too_many_images", "one image per request here; use /v1/predict/batch for several")
+        data = await images_of(request, 1, HTTPProblem(
+            422, "too_many_images", f"/v1/predict takes one image; send several to /v1/predict/batch "
+                                    f"(up to {cfg.max_images} per request)"))
         (result,) = await answer(data, opts)
         if isinstance(result, HTTPProblem):
             raise result
@@ -273,7 +300,8 @@ def create_app(cfg: ServeConfig, recognizer: Recognizer | None = None, workspace
 
     @app.get("/v1/model", summary="The model behind the API")
     async def model_info() -> JSONResponse:
-        """Architecture, classes, input size, temperature, sha256, accuracy recorded in the file and limits."""
+        """Architecture, classes, input size, temperature, sha256, the holdout accuracy recorded in the file
+        (``holdout_accuracy``: the training run's own holdout, not a report split) and the limits."""
         return JSONResponse(state["card"])
 
     @app.get("/healthz", summary="200 once the model is loaded")

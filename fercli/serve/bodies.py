@@ -25,25 +25,27 @@ async def read_body(request: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def multipart_files(body: bytes, content_type: str, max_parts: int) -> list[bytes]:
+def multipart_files(body: bytes, content_type: str, max_files: int, too_many: HTTPProblem | None = None) -> list[bytes]:
     """The file parts of a multipart/form-data body, in order, parsed in memory.
 
     A part counts as a file when it has a filename or a non-text content type; its filename is
-    never used. Plain form fields are ignored."""
+    never used. Plain form fields are skipped (not counted, not kept). More than ``max_files`` files
+    raise ``too_many`` (default: a 413 naming the limit) as soon as the extra file's headers are read."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise HTTPProblem(400, "bad_request", "multipart/form-data without a boundary")
-    parts: list[tuple[dict[bytes, bytes], list[bytes]]] = []
+    files: list[list[bytes]] = []
+    part: dict[bytes, bytes] = {}  # the current part's headers
     header = [b"", b""]
+    keep = [False]  # whether the current part is a file (its data is kept)
 
     def on_part_begin() -> None:
-        if len(parts) >= max_parts:
-            raise HTTPProblem(413, "too_many_images", f"more than {max_parts} parts in one request")
-        parts.append(({}, []))
+        part.clear()
         header[:] = [b"", b""]
+        keep[0] = False
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header[0] += data[start:end]
@@ -52,15 +54,26 @@ def multipart_files(body: bytes, content_type: str, max_parts: int) -> list[byte
         header[1] += data[start:end]
 
     def on_header_end() -> None:
-        parts[-1][0][header[0].strip().lower()] = header[1].strip()
+        part[header[0].strip().lower()] = header[1].strip()
         header[:] = [b"", b""]
 
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(part.get(b"content-disposition", b""))
+        ctype = part.get(b"content-type", b"text/plain").split(b";")[0].strip().lower()
+        keep[0] = b"filename" in disp or not ctype.startswith(b"text/")
+        if keep[0]:
+            if len(files) >= max_files:
+                raise too_many or HTTPProblem(413, "too_many_images", f"more than {max_files} images in one request "
+                                              "(the server's --max-images); split them over several requests")
+            files.append([])
+
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1][1].append(data[start:end])
+        if keep[0]:
+            files[-1].append(data[start:end])
 
     parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
                                         "on_header_value": on_header_value, "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data})
+                                        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data})
     try:
         parser.write(body)
         parser.finalize()
@@ -68,10 +81,4 @@ def multipart_files(body: bytes, content_type: str, max_parts: int) -> list[byte
         raise
     except Exception as exc:
         raise HTTPProblem(400, "bad_request", f"malformed multipart body ({type(exc).__name__})") from None
-    files = []
-    for headers, data in parts:
-        _, disp = parse_options_header(headers.get(b"content-disposition", b""))
-        ctype = headers.get(b"content-type", b"text/plain").split(b";")[0].strip().lower()
-        if b"filename" in disp or not ctype.startswith(b"text/"):
-            files.append(b"".join(data))
-    return files
+    return [b"".join(chunks) for chunks in files]

@@ -20,8 +20,8 @@ class HTTPProblem(Exception):
 
 def image_problem(exc: ImageProblem) -> HTTPProblem:
     """An undecodable upload's status: too many pixels 413, not an image 415, damaged or empty 422."""
-    if exc.status == "too_large":
-        return HTTPProblem(413, "too_many_pixels", exc.reason)
+    if exc.status == "too_large":  # the limit is the server's: say which option sets it
+        return HTTPProblem(413, "too_many_pixels", f"{exc.reason} (raise it with the server's --max-megapixels)")
     if exc.reason == NOT_AN_IMAGE:
         return HTTPProblem(415, "not_an_image", exc.reason)
     return HTTPProblem(422, "unreadable_image", exc.reason)
