@@ -116,16 +116,20 @@ def predict(
     else:
         table = Table(title=f"{res.classifier.arch} ({res.classifier.kind}): {sum(len(r.faces) for r in res.images)} "
                             f"face(s) in {len(res.images)} picture(s)")
-        for col in ("input", "face", "box", "label", "p", "score"):  # score: the detector's
-            table.add_column(col)
+        # A picture without a prediction has no probability: its status goes under label and why under
+        # "reason" (a column only when some picture has one), never into p, which holds numbers only.
+        any_failed = any(not r.faces for r in res.images)
+        for col in ("input", "face", "box", "label", "p", "score", *(("reason",) if any_failed else ())):
+            table.add_column(col)  # score: the detector's
         for r in res.images:
             where = r.input + (f" @{r.frame}" if r.frame is not None else "")
             if not r.faces:  # status and reason: the same words as fer align (fercli.imagestatus)
-                table.add_row(where, "-", "-", f"[red]{r.status}[/]", r.reason or "", "-")
+                table.add_row(where, "-", "-", f"[red]{r.status}[/]", "-", "-", r.reason or r.status.replace("_", " "))
             for f in r.faces:
                 box = "-" if f.box is None else ",".join(f"{v:.0f}" for v in f.box)
                 score = "-" if f.score is None else f"{f.score:.3f}"
-                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}", score)
+                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}", score,
+                              *(("",) if any_failed else ()))
         _ui.out.print(table)
         for p in res.annotated:
             _ui.say(ctx, f"annotated: {p}")
