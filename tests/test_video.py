@@ -89,10 +89,10 @@ def test_tracks_rows_and_outputs(tmp_path: Path):
     res = run_video(_cfg(tmp_path, clip), colour_analyzer, CLASSES)
     assert res.status == "ok" and res.frames == 24 and res.detected_frames == 24
     rows = pd.read_csv(tmp_path / "out" / "frames.csv")
-    # one id per square, held through the crossing; the first frame is the track's confirmation
+    # one id per square, held through the crossing, from the square's first frame on
     ids = rows.groupby("label")["track"].unique()
     assert {c: len(v) for c, v in ids.items()} == {"red": 1, "green": 1, "blue": 1}
-    assert (rows.groupby("track")["frame"].min() == 1).all() and len(rows) == 3 * 23
+    assert (rows.groupby("track")["frame"].min() == 0).all() and len(rows) == 3 * 24
     # the annotated video is the input's frame count, rate and size; times are the input's timestamps
     assert _video_props(tmp_path / "ann.mp4") == (24, 8.0, SIZE)
     stamps = _timestamps(clip)
@@ -102,9 +102,32 @@ def test_tracks_rows_and_outputs(tmp_path: Path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["frames_processed"] == 24
     durations = {t["dominant"]: t["duration"] for t in summary["tracks"]}
-    assert durations == pytest.approx({c: 23 / 8 for c in CLASSES})  # frames 1..23, one frame each (1/8 s)
+    assert durations == pytest.approx({c: 24 / 8 for c in CLASSES})  # frames 0..23, one frame each (1/8 s)
     assert all(t["share"][t["dominant"]] == 1.0 for t in summary["tracks"])
     assert cv2.imread(str(tmp_path / "out" / "timeline.png")) is not None
+
+
+def test_a_face_has_its_track_id_from_its_first_detection():
+    """Synthetic boxes: two faces from frame 0, a third from frame 3; each first detection has its id,
+    the ids stay put while the boxes move, and a face that leaves and comes back later gets a new id."""
+    from fercli.video import FaceTracker
+
+    tracker = FaceTracker(fps=10.0)
+    seen: dict[int, list[tuple[int, int]]] = {}  # frame -> (track, detection index)
+    for f in range(10):
+        boxes = [[10 + 2 * f, 10, 50 + 2 * f, 50], [200 - 2 * f, 20, 240 - 2 * f, 60]]
+        if f >= 3:
+            boxes.append([100, 150, 140, 190])
+        out = tracker.update(np.array(boxes, float), [0.9] * len(boxes), f / 10)
+        seen[f] = [(t.track, t.detection) for t in out]
+        assert all(np.allclose(t.box, boxes[t.detection]) for t in out)
+    assert seen[0] == [(1, 0), (2, 1)]  # the very first frame: every face has a row and an id
+    assert seen[3] == [(1, 0), (2, 1), (3, 2)]  # a face that appears later: its id at its first detection
+    assert all(s == seen[3] for s in (seen[f] for f in range(3, 10)))
+    assert [t.track for t in tracker.carry(0.95)] == [1, 2, 3]  # carried boxes use the same ids
+    tracker.update(np.zeros((0, 4)), [], 2.5)  # all gone for 1.5 s: the tracks end
+    back = tracker.update(np.array([[10, 10, 50, 50]], float), [0.9], 2.6)
+    assert [(t.track, t.detection) for t in back] == [(4, 0)]
 
 
 def test_smoothing_is_on_time_not_frames():
@@ -152,11 +175,16 @@ def test_detect_every_carries_boxes(tmp_path: Path):
     rows = pd.read_csv(tmp_path / "out" / "frames.csv")
     carried = rows[rows["detected"] == 0]
     assert len(carried) > 0 and carried["raw_label"].isna().all() and carried["score"].isna().all()
-    # carried boxes follow the motion: red's box keeps moving right between detections
+    # the track has rows from the first detection (frame 0) on; until a second detection gives the
+    # filter a velocity, carried boxes stay where the face was seen
     red = rows[rows["label"] == "red"].sort_values("frame")
-    assert red["track"].nunique() == 1 and (np.diff(red["x1"]) > 0).all()
-    truth = {f: 5 + f / 23 * 115 for f in red["frame"]}
-    assert max(abs(x - truth[f]) for f, x in zip(red["frame"], red["x1"])) < 4
+    assert red["track"].nunique() == 1 and list(red["frame"]) == list(range(24))
+    assert (red["x1"].iloc[:3] == red["x1"].iloc[0]).all()
+    # after that, carried boxes follow the motion: red's box keeps moving right between detections
+    moving = red[red["frame"] >= 3]
+    assert (np.diff(moving["x1"]) > 0).all()
+    truth = {f: 5 + f / 23 * 115 for f in moving["frame"]}
+    assert max(abs(x - truth[f]) for f, x in zip(moving["frame"], moving["x1"])) < 4
     assert _video_props(tmp_path / "ann.mp4")[0] == 24
 
 

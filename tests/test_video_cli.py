@@ -80,7 +80,7 @@ def test_tracked_video_from_real_faces(runner, workspace: Path, faces_clip, mobi
         for a, b in spans:
             ids = rows[(rows["actor"] == actor) & rows["frame"].between(a, b - 1)]["track"]
             assert ids.nunique() == 1, (actor, a, b, ids.unique())
-            assert len(ids) >= (b - a) - 2  # seen on every frame but its first (track confirmation)
+            assert len(ids) >= (b - a) - 2  # seen on every frame, its first included (a missed detection or two allowed)
     assert rows.groupby("track")["actor"].nunique().max() == 1
     # the annotated video has the input's frame count, rate and size
     cap = cv2.VideoCapture(str(workspace / "ann.mp4"))
