@@ -328,3 +328,47 @@ def test_config_checks(tmp_path: Path, kw: dict, message: str):
 
     with pytest.raises(FerError, match=message):
         VideoConfig(source=str(tmp_path / "c.mp4"), **kw).check()
+
+
+def _lab(rgb: tuple[float, float, float]) -> np.ndarray:
+    """CIE L*a*b* (D65) of an sRGB colour with components in [0, 1]."""
+    c = np.asarray(rgb, float)
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    f = xyz / [0.95047, 1.0, 1.08883]
+    f = np.where(f > 216 / 24389, np.cbrt(f), (24389 / 27 * f + 16) / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_class_colours_are_tab10_and_pairwise_distinct(tmp_path: Path):
+    import itertools
+
+    import matplotlib.colors as mcolors
+
+    from fercli.classes import CLASSES_8
+    from fercli.predict import CLASS_COLOURS, TAB10_CLASS_NAMES, class_colours
+    from fercli.video.outputs import Summary, TrackRow, plot_timeline
+
+    bgr = class_colours(CLASSES_8)
+    rgb = {c: tuple(v / 255 for v in reversed(bgr[c])) for c in CLASSES_8}
+    for c in CLASSES_8:  # a fixed class -> tab10 entry table, drawn the same by OpenCV and matplotlib
+        assert np.allclose(rgb[c], mcolors.to_rgb(TAB10_CLASS_NAMES[c]), atol=0.5 / 255), c
+    assert len(set(CLASS_COLOURS.values())) == 8 and len(set(TAB10_CLASS_NAMES.values())) == 8
+    # pairwise distinct: at least 35 apart in L*a*b* (the closest tab10 pairs, blue/purple and
+    # pink/brown/gray, are under 30 and not used), and each at least 30 from the plot's white
+    lab = {c: _lab(rgb[c]) for c in CLASSES_8}
+    close = [(a, b, round(float(np.linalg.norm(lab[a] - lab[b])), 1)) for a, b in itertools.combinations(CLASSES_8, 2)
+             if np.linalg.norm(lab[a] - lab[b]) < 35]
+    assert not close, close
+    faint = [c for c in CLASSES_8 if np.linalg.norm(lab[c] - _lab((1.0, 1.0, 1.0))) < 30]
+    assert not faint, faint
+    # the timeline draws each class in its colour: one track, every class at its own level
+    summary = Summary(CLASSES_8, 0.1)
+    levels = np.linspace(0.1, 0.95, 8)
+    for f in range(20):
+        summary.add_frame(f / 10, [TrackRow(f, f / 10, 1, (0, 0, 10, 10), 0.9, CLASSES_8[7], levels, levels)])
+    plot_timeline(summary, tmp_path / "timeline.png", "test")
+    img = cv2.imread(str(tmp_path / "timeline.png"))
+    for c in CLASSES_8:
+        hits = (np.abs(img.astype(int) - bgr[c]).max(axis=2) <= 3).sum()
+        assert hits > 100, (c, hits)  # a line across the panel
