@@ -372,3 +372,27 @@ def test_class_colours_are_tab10_and_pairwise_distinct(tmp_path: Path):
     for c in CLASSES_8:
         hits = (np.abs(img.astype(int) - bgr[c]).max(axis=2) <= 3).sum()
         assert hits > 100, (c, hits)  # a line across the panel
+
+
+def test_truncated_mp4_gives_fercli_one_line_and_nothing_from_ffmpeg(tmp_path: Path):
+    """FFmpeg (inside OpenCV) would print "moov atom not found" for an mp4 cut short; only fercli's own
+    error line may reach stderr. A fresh process: FFmpeg reads its log level once, at its first use."""
+    import os
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole.mp4"
+    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, SIZE)
+    for i in range(16):
+        w.write(np.full((SIZE[1], SIZE[0], 3), 10 * i, np.uint8))
+    w.release()
+    data = whole.read_bytes()
+    assert b"moov" in data[len(data) // 2:]  # the index is at the end: cut in half, the file has none
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-m", "fercli", "predict", "cut.mp4"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.splitlines() == [res.stderr.strip()], res.stderr  # one line
+    assert res.stderr.startswith("error: cut.mp4: unreadable: not a video") and "truncated" in res.stderr
