@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
 
 from fercli import __version__
+from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.commands import align as align_cmd
 from fercli.commands import bench as bench_cmd
@@ -27,7 +27,7 @@ from fercli.errors import FerError
 from fercli.workspace import ENV_VAR
 
 
-class _FerGroup(TyperGroup):
+class _FerGroup(_o.FerGroup):
     """Turns a :class:`FerError` from any (sub)command into one line on stderr and exit code 1."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
@@ -94,7 +94,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
 }
 app.add_typer(data_cmd.app, name="data")  # `fer data import` and `fer data info`
 for _name, (_function, _example) in COMMANDS.items():
-    app.command(_name, epilog=_example)(_function)
+    app.command(_name, epilog=_example, cls=_o.FerCommand)(_function)
 
 
 def main() -> None:

@@ -167,11 +167,18 @@ TEXT_MIN_PX, TEXT_MIN_FRAC = 10, 0.015  # smallest label text: 10 px, or 1.5% of
 TEXT_MAX_FRAC = 0.035  # largest label text: 3.5% of the picture's shorter side
 LEGEND_FRAC = 0.028  # legend text height / the picture's shorter side (at least TEXT_MIN_PX)
 _FONT = None  # cv2.FONT_HERSHEY_SIMPLEX, set on first use (cv2 is imported lazily)
-# BGR colours of the standard classes; other class names take the fallback palette in order.
-CLASS_COLOURS = {
-    "neutral": (205, 205, 205), "happiness": (0, 215, 255), "surprise": (0, 140, 255),
-    "sadness": (230, 130, 30), "anger": (50, 50, 230), "disgust": (60, 170, 60),
-    "fear": (190, 70, 170), "contempt": (180, 120, 255),
+# BGR colours of the standard classes, for boxes, legends and the video timeline alike: matplotlib's
+# qualitative tab10 palette, one entry per class in a fixed order (the earlier hand-picked colours made
+# happiness and surprise two similar oranges). Purple and brown are left out: beside blue and pink they
+# are the palette's closest pairs. Other class names take the fallback palette (all of tab10) in order.
+TAB10_CLASS_NAMES = {
+    "neutral": "tab:gray", "happiness": "tab:orange", "surprise": "tab:cyan", "sadness": "tab:blue",
+    "anger": "tab:red", "disgust": "tab:green", "fear": "tab:pink", "contempt": "tab:olive",
+}
+CLASS_COLOURS = {  # TAB10_CLASS_NAMES in BGR, spelled out so that drawing needs no matplotlib
+    "neutral": (127, 127, 127), "happiness": (14, 127, 255), "surprise": (207, 190, 23),
+    "sadness": (180, 119, 31), "anger": (40, 39, 214), "disgust": (44, 160, 44),
+    "fear": (194, 119, 227), "contempt": (34, 189, 188),
 }
 _FALLBACK_COLOURS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148),
                      (75, 86, 140), (194, 119, 227), (127, 127, 127), (34, 189, 188), (207, 190, 23)]

@@ -118,3 +118,23 @@ def test_shipped_model_predicts_a_photo_offline_with_no_options(runner, workspac
     assert "using student (bundled)" in res.stderr and "detector: haar" in res.stderr
     (row,) = json.loads(res.stdout)
     assert len(row["faces"]) == 1 and set(row["faces"][0]["probs"]) == set(CLASSES_8)
+
+
+def test_made_date_is_the_checkpoints_own_not_the_files_time(runner, workspace: Path, tmp_path: Path, monkeypatch):
+    """A fresh clone gives every file the clone's time: "made ..." must come from the recorded provenance."""
+    import os
+    import shutil
+
+    from fercli.artifact import format_time
+    from fercli.schema.files import read_artifact_meta
+
+    copy = Path(shutil.copy(BUNDLED_MODEL, tmp_path / "bundled.pt"))
+    os.utime(copy, (946_684_800, 946_684_800))  # 2000-01-01: as if cloned then
+    monkeypatch.setenv(BUNDLED_ENV, str(copy))
+    made = format_time(read_artifact_meta(copy)["provenance"]["created"])
+    assert made.startswith("20") and not made.startswith("2000-01-01")
+    blank = workspace / "blank.png"
+    cv2.imwrite(str(blank), np.full((64, 64, 3), 128, np.uint8))
+    res = runner.invoke(app, ["predict", str(blank), "--no-detect"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert f"using student (bundled): {copy} (made {made};" in res.stderr.replace("\n", " ")

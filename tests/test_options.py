@@ -201,3 +201,40 @@ def test_given_takes_the_fields_and_the_renamed():
 
     assert given(Cfg, {"ctx": object(), "ckpt": "a.pt", "split": None, "json_out": True}, model="a.pt") == \
         {"split": None, "model": "a.pt"}
+
+
+def _all_help_paths() -> list[tuple[str, ...]]:
+    """`fer`, every command and group, and every command of a group, as argument paths."""
+    cli = typer.main.get_command(app)
+    paths: list[tuple[str, ...]] = [()]
+    for name, cmd in cli.commands.items():
+        paths.append((name,))
+        paths += [(name, sub) for sub in getattr(cmd, "commands", {})]
+    return paths
+
+
+# What typer prints beside a name when no metavar is set: the Python type in angle brackets (`<bool>`
+# beside flags, which take no value; `<int>` beside the -v count; `<list[str]>` beside arguments).
+_TYPE_NOISE = re.compile(r"<(?:bool|int|float|str|path|file|dir|list\[[^\]]*\]|tuple|datetime)[^>]*>")
+
+
+@pytest.mark.parametrize("path", _all_help_paths(), ids=lambda p: " ".join(p) or "fer")
+def test_help_shows_no_python_types_and_no_placeholder_beside_flags(path):
+    from typer.core import TyperArgument, TyperOption
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    assert not _TYPE_NOISE.findall(res.output), (path, _TYPE_NOISE.findall(res.output))
+    cmd: Any = _command(path)
+    flags = [p for p in cmd.get_params(cmd.make_context("fer", ["--help"], resilient_parsing=True))
+             if isinstance(p, TyperOption) and (p.is_flag or p.count)]
+    assert flags  # --help at least
+    rows = [line.strip("│ ").split() for line in res.output.splitlines()]
+    for flag in flags:  # the flag's row: its names, then straight on to its help text (no metavar)
+        names = [*flag.opts, *flag.secondary_opts]
+        row = next(r for r in rows if r and r[0] in names)
+        after = [w for w in row if w not in names]
+        assert after and not (after[0].isupper() and len(after[0]) > 1), (path, names, " ".join(row))
+    for arg in (p for p in cmd.params if isinstance(p, TyperArgument)):  # arguments in capitals, as in the README
+        assert (arg.name or "").upper() in res.output, (path, arg.name)

@@ -186,3 +186,26 @@ def test_predict_offline_with_no_options(runner, workspace: Path, model: Path, s
     face, road = json.loads(res.stdout)
     assert face["status"] == "ok" and len(face["faces"]) == 1 and face["faces"][0]["box"][2] > 300
     assert road["status"] == "no_face" and road["reason"] == "no face found by haar"
+
+
+def test_table_gives_the_reason_not_a_probability_for_a_picture_without_a_face(runner, workspace: Path, hub: Path):
+    """A blank picture (Haar finds nothing) and a missing file: p is "-" and the reason has its own column."""
+    blank = workspace / "blank.png"
+    cv2.imwrite(str(blank), np.full((96, 96, 3), 128, np.uint8))
+    res = runner.invoke(app, ["predict", str(blank), "missing.jpg", "--detector", "haar"], env={"COLUMNS": "200"})
+    assert res.exit_code == 1, res.output
+    header = next(line for line in res.stdout.splitlines() if "input" in line and "label" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["input", "face", "box", "label", "p", "score", "reason"]
+    rows = {Path(line.split("│")[1].strip()).name: [c.strip() for c in line.strip("│ ").split("│")]
+            for line in res.stdout.splitlines() if line.startswith("│")}
+    assert rows["blank.png"][3:] == ["no_face", "-", "-", "no face found by haar"]
+    assert rows["missing.jpg"][3:] == ["missing", "-", "-", "file not found"]
+    # --json already carries status and reason; it is unchanged
+    res = runner.invoke(app, ["predict", str(blank), "--detector", "haar", "--json"])
+    (only,) = json.loads(res.stdout)
+    assert only["status"] == "no_face" and only["reason"] == "no face found by haar" and only["faces"] == []
+    # with every picture predicted there is no reason column
+    res = runner.invoke(app, ["predict", str(blank), "--no-detect"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    header = next(line for line in res.stdout.splitlines() if "input" in line and "label" in line)
+    assert "reason" not in header and "p" in header

@@ -89,10 +89,10 @@ def test_tracks_rows_and_outputs(tmp_path: Path):
     res = run_video(_cfg(tmp_path, clip), colour_analyzer, CLASSES)
     assert res.status == "ok" and res.frames == 24 and res.detected_frames == 24
     rows = pd.read_csv(tmp_path / "out" / "frames.csv")
-    # one id per square, held through the crossing; the first frame is the track's confirmation
+    # one id per square, held through the crossing, from the square's first frame on
     ids = rows.groupby("label")["track"].unique()
     assert {c: len(v) for c, v in ids.items()} == {"red": 1, "green": 1, "blue": 1}
-    assert (rows.groupby("track")["frame"].min() == 1).all() and len(rows) == 3 * 23
+    assert (rows.groupby("track")["frame"].min() == 0).all() and len(rows) == 3 * 24
     # the annotated video is the input's frame count, rate and size; times are the input's timestamps
     assert _video_props(tmp_path / "ann.mp4") == (24, 8.0, SIZE)
     stamps = _timestamps(clip)
@@ -102,9 +102,32 @@ def test_tracks_rows_and_outputs(tmp_path: Path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["frames_processed"] == 24
     durations = {t["dominant"]: t["duration"] for t in summary["tracks"]}
-    assert durations == pytest.approx({c: 23 / 8 for c in CLASSES})  # frames 1..23, one frame each (1/8 s)
+    assert durations == pytest.approx({c: 24 / 8 for c in CLASSES})  # frames 0..23, one frame each (1/8 s)
     assert all(t["share"][t["dominant"]] == 1.0 for t in summary["tracks"])
     assert cv2.imread(str(tmp_path / "out" / "timeline.png")) is not None
+
+
+def test_a_face_has_its_track_id_from_its_first_detection():
+    """Synthetic boxes: two faces from frame 0, a third from frame 3; each first detection has its id,
+    the ids stay put while the boxes move, and a face that leaves and comes back later gets a new id."""
+    from fercli.video import FaceTracker
+
+    tracker = FaceTracker(fps=10.0)
+    seen: dict[int, list[tuple[int, int]]] = {}  # frame -> (track, detection index)
+    for f in range(10):
+        boxes = [[10 + 2 * f, 10, 50 + 2 * f, 50], [200 - 2 * f, 20, 240 - 2 * f, 60]]
+        if f >= 3:
+            boxes.append([100, 150, 140, 190])
+        out = tracker.update(np.array(boxes, float), [0.9] * len(boxes), f / 10)
+        seen[f] = [(t.track, t.detection) for t in out]
+        assert all(np.allclose(t.box, boxes[t.detection]) for t in out)
+    assert seen[0] == [(1, 0), (2, 1)]  # the very first frame: every face has a row and an id
+    assert seen[3] == [(1, 0), (2, 1), (3, 2)]  # a face that appears later: its id at its first detection
+    assert all(s == seen[3] for s in (seen[f] for f in range(3, 10)))
+    assert [t.track for t in tracker.carry(0.95)] == [1, 2, 3]  # carried boxes use the same ids
+    tracker.update(np.zeros((0, 4)), [], 2.5)  # all gone for 1.5 s: the tracks end
+    back = tracker.update(np.array([[10, 10, 50, 50]], float), [0.9], 2.6)
+    assert [(t.track, t.detection) for t in back] == [(4, 0)]
 
 
 def test_smoothing_is_on_time_not_frames():
@@ -152,11 +175,16 @@ def test_detect_every_carries_boxes(tmp_path: Path):
     rows = pd.read_csv(tmp_path / "out" / "frames.csv")
     carried = rows[rows["detected"] == 0]
     assert len(carried) > 0 and carried["raw_label"].isna().all() and carried["score"].isna().all()
-    # carried boxes follow the motion: red's box keeps moving right between detections
+    # the track has rows from the first detection (frame 0) on; until a second detection gives the
+    # filter a velocity, carried boxes stay where the face was seen
     red = rows[rows["label"] == "red"].sort_values("frame")
-    assert red["track"].nunique() == 1 and (np.diff(red["x1"]) > 0).all()
-    truth = {f: 5 + f / 23 * 115 for f in red["frame"]}
-    assert max(abs(x - truth[f]) for f, x in zip(red["frame"], red["x1"])) < 4
+    assert red["track"].nunique() == 1 and list(red["frame"]) == list(range(24))
+    assert (red["x1"].iloc[:3] == red["x1"].iloc[0]).all()
+    # after that, carried boxes follow the motion: red's box keeps moving right between detections
+    moving = red[red["frame"] >= 3]
+    assert (np.diff(moving["x1"]) > 0).all()
+    truth = {f: 5 + f / 23 * 115 for f in moving["frame"]}
+    assert max(abs(x - truth[f]) for f, x in zip(moving["frame"], moving["x1"])) < 4
     assert _video_props(tmp_path / "ann.mp4")[0] == 24
 
 
@@ -300,3 +328,71 @@ def test_config_checks(tmp_path: Path, kw: dict, message: str):
 
     with pytest.raises(FerError, match=message):
         VideoConfig(source=str(tmp_path / "c.mp4"), **kw).check()
+
+
+def _lab(rgb: tuple[float, float, float]) -> np.ndarray:
+    """CIE L*a*b* (D65) of an sRGB colour with components in [0, 1]."""
+    c = np.asarray(rgb, float)
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    f = xyz / [0.95047, 1.0, 1.08883]
+    f = np.where(f > 216 / 24389, np.cbrt(f), (24389 / 27 * f + 16) / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_class_colours_are_tab10_and_pairwise_distinct(tmp_path: Path):
+    import itertools
+
+    import matplotlib.colors as mcolors
+
+    from fercli.classes import CLASSES_8
+    from fercli.predict import CLASS_COLOURS, TAB10_CLASS_NAMES, class_colours
+    from fercli.video.outputs import Summary, TrackRow, plot_timeline
+
+    bgr = class_colours(CLASSES_8)
+    rgb = {c: tuple(v / 255 for v in reversed(bgr[c])) for c in CLASSES_8}
+    for c in CLASSES_8:  # a fixed class -> tab10 entry table, drawn the same by OpenCV and matplotlib
+        assert np.allclose(rgb[c], mcolors.to_rgb(TAB10_CLASS_NAMES[c]), atol=0.5 / 255), c
+    assert len(set(CLASS_COLOURS.values())) == 8 and len(set(TAB10_CLASS_NAMES.values())) == 8
+    # pairwise distinct: at least 35 apart in L*a*b* (the closest tab10 pairs, blue/purple and
+    # pink/brown/gray, are under 30 and not used), and each at least 30 from the plot's white
+    lab = {c: _lab(rgb[c]) for c in CLASSES_8}
+    close = [(a, b, round(float(np.linalg.norm(lab[a] - lab[b])), 1)) for a, b in itertools.combinations(CLASSES_8, 2)
+             if np.linalg.norm(lab[a] - lab[b]) < 35]
+    assert not close, close
+    faint = [c for c in CLASSES_8 if np.linalg.norm(lab[c] - _lab((1.0, 1.0, 1.0))) < 30]
+    assert not faint, faint
+    # the timeline draws each class in its colour: one track, every class at its own level
+    summary = Summary(CLASSES_8, 0.1)
+    levels = np.linspace(0.1, 0.95, 8)
+    for f in range(20):
+        summary.add_frame(f / 10, [TrackRow(f, f / 10, 1, (0, 0, 10, 10), 0.9, CLASSES_8[7], levels, levels)])
+    plot_timeline(summary, tmp_path / "timeline.png", "test")
+    img = cv2.imread(str(tmp_path / "timeline.png"))
+    for c in CLASSES_8:
+        hits = (np.abs(img.astype(int) - bgr[c]).max(axis=2) <= 3).sum()
+        assert hits > 100, (c, hits)  # a line across the panel
+
+
+def test_truncated_mp4_gives_fercli_one_line_and_nothing_from_ffmpeg(tmp_path: Path):
+    """FFmpeg (inside OpenCV) would print "moov atom not found" for an mp4 cut short; only fercli's own
+    error line may reach stderr. A fresh process: FFmpeg reads its log level once, at its first use."""
+    import os
+    import subprocess
+    import sys
+
+    whole = tmp_path / "whole.mp4"
+    w = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 8.0, SIZE)
+    for i in range(16):
+        w.write(np.full((SIZE[1], SIZE[0], 3), 10 * i, np.uint8))
+    w.release()
+    data = whole.read_bytes()
+    assert b"moov" in data[len(data) // 2:]  # the index is at the end: cut in half, the file has none
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-m", "fercli", "predict", "cut.mp4"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.splitlines() == [res.stderr.strip()], res.stderr  # one line
+    assert res.stderr.startswith("error: cut.mp4: unreadable: not a video") and "truncated" in res.stderr

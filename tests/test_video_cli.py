@@ -80,7 +80,7 @@ def test_tracked_video_from_real_faces(runner, workspace: Path, faces_clip, mobi
         for a, b in spans:
             ids = rows[(rows["actor"] == actor) & rows["frame"].between(a, b - 1)]["track"]
             assert ids.nunique() == 1, (actor, a, b, ids.unique())
-            assert len(ids) >= (b - a) - 2  # seen on every frame but its first (track confirmation)
+            assert len(ids) >= (b - a) - 2  # seen on every frame, its first included (a missed detection or two allowed)
     assert rows.groupby("track")["actor"].nunique().max() == 1
     # the annotated video has the input's frame count, rate and size
     cap = cv2.VideoCapture(str(workspace / "ann.mp4"))
@@ -98,7 +98,7 @@ def test_tracked_video_from_real_faces(runner, workspace: Path, faces_clip, mobi
     happy = rows[rows["actor"] == 0]["track"].iloc[0]
     track = next(t for t in summary["tracks"] if t["track"] == happy)
     assert track["dominant"] == "happiness" and track["share"]["happiness"] > 0.9
-    assert (N - 3) / FPS <= track["duration"] <= (N - 1) / FPS + 1e-6  # seen from its second frame (one miss allowed)
+    assert (N - 2) / FPS <= track["duration"] <= N / FPS + 1e-3  # seen from its first frame (one miss allowed; rounded to ms)
 
 
 @pytest.mark.shared

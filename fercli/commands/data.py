@@ -16,7 +16,8 @@ from fercli.config import build_config
 # fercli.importers.FORMATS (a test checks they agree), spelled out so `fer data --help` imports no pandas.
 FORMATS = ("rafdb", "ferplus", "affectnet", "fer2013", "folder")
 
-app = typer.Typer(help="Import datasets into manifests and inspect them.", no_args_is_help=True, rich_markup_mode="rich")
+app = typer.Typer(help="Import datasets into manifests and inspect them.", no_args_is_help=True, rich_markup_mode="rich",
+                  cls=_o.FerGroup)
 
 IMPORT_EXAMPLE = """Examples:
 
@@ -38,7 +39,7 @@ INFO_EXAMPLE = """Examples:
 """
 
 
-@app.command("import", epilog=IMPORT_EXAMPLE)
+@app.command("import", epilog=IMPORT_EXAMPLE, cls=_o.FerCommand)
 def import_(
     ctx: typer.Context,
     format: str = typer.Argument(..., help=f"Dataset format: {', '.join(FORMATS)}, or auto (detect from the layout)."),
@@ -84,7 +85,7 @@ def import_(
     _ui.out.print(f"wrote {ws.rel(result.out)} (images under {result.manifest.root}); it is now the workspace's dataset")
 
 
-@app.command("info", epilog=INFO_EXAMPLE)
+@app.command("info", epilog=INFO_EXAMPLE, cls=_o.FerCommand)
 def info(
     ctx: typer.Context,
     manifest: Optional[Path] = typer.Argument(None, help="Manifest parquet \\[default: the workspace's dataset]."),

@@ -41,24 +41,24 @@ def predict(
     ctx: typer.Context,
     inputs: Optional[list[str]] = typer.Argument(None, help="Image files, folders, glob patterns, or one video file or stream URL (rtsp://, http://); with --webcam, the camera index (0)."),
     model: _o.Model = None,
-    detector: Optional[str] = typer.Option(None, "--detector", help="auto (a RetinaFace whose weights are cached or given, else haar), retinaface-resnet50, retinaface-mobilenet or haar (OpenCV, offline, boxes only)."),
+    detector: Optional[str] = typer.Option(None, "--detector", metavar="NAME", help="auto (a RetinaFace whose weights are cached or given, else haar), retinaface-resnet50, retinaface-mobilenet or haar (OpenCV, offline, boxes only)."),
     detector_weights: _o.DetectorWeights = None,
-    faces: Optional[str] = typer.Option(None, "--faces", help="all (default), largest or best."),
+    faces: Optional[str] = typer.Option(None, "--faces", metavar="WHICH", help="all (default), largest or best."),
     no_detect: Optional[bool] = typer.Option(None, "--no-detect", help="Treat each image as an aligned face."),
-    every: Optional[int] = typer.Option(None, "--every", help="Videos as pictures: classify every N-th frame (30), untracked; the default for videos among several inputs."),
-    tta: Optional[str] = typer.Option(None, "--tta", help="none or flip \\[default: the model's recommendation]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per detector pass."),
+    every: Optional[int] = typer.Option(None, "--every", metavar="N", help="Videos as pictures: classify every N-th frame (30), untracked; the default for videos among several inputs."),
+    tta: Optional[str] = typer.Option(None, "--tta", metavar="MODE", help="none or flip \\[default: the model's recommendation]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", metavar="N", help="Images per detector pass."),
     device: _o.Device = None,
     threads: _o.Threads = None,
     runtime: _o.Runtime = None,
-    annotate: Optional[Path] = typer.Option(None, "--annotate", help="Write copies with boxes, compact labels (hap 94%) and a legend into this folder; for one video, an .mp4 (or a folder for NAME_annotated.mp4) with track ids and smoothed labels."),
+    annotate: Optional[Path] = typer.Option(None, "--annotate", metavar="DIR|FILE.mp4", help="Write copies with boxes, compact labels (hap 94%) and a legend into this folder; for one video, an .mp4 (or a folder for NAME_annotated.mp4) with track ids and smoothed labels."),
     webcam: bool = typer.Option(False, "--webcam", help="Read a camera: --webcam (camera 0) or --webcam N."),
-    detect_every: Optional[int] = typer.Option(None, "--detect-every", help="Video: detect and classify every K-th frame; the tracker carries boxes in between (1)."),
-    smooth: Optional[float] = typer.Option(None, "--smooth", help="Video: half-life in seconds of each track's probability average, on the video's timestamps; 0: raw (0.5)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Video: write frames.csv, frames.jsonl, summary.json and timeline.png into this folder."),
+    detect_every: Optional[int] = typer.Option(None, "--detect-every", metavar="K", help="Video: detect and classify every K-th frame; the tracker carries boxes in between (1)."),
+    smooth: Optional[float] = typer.Option(None, "--smooth", metavar="SECONDS", help="Video: half-life in seconds of each track's probability average, on the video's timestamps; 0: raw (0.5)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Video: write frames.csv, frames.jsonl, summary.json and timeline.png into this folder."),
     show: Optional[bool] = typer.Option(None, "--show/--headless", help="Video: show the annotated frames in a window (q stops), or not \\[default: headless]."),
     live: Optional[bool] = typer.Option(None, "--live", help="Read a video file as a live source: at its frame rate, dropping frames when processing falls behind."),
-    duration: Optional[float] = typer.Option(None, "--duration", help="Video: stop after this many seconds of input."),
+    duration: Optional[float] = typer.Option(None, "--duration", metavar="SECONDS", help="Video: stop after this many seconds of input."),
     config: Optional[Path] = _o.config_file("predict"),
     json_out: bool = typer.Option(False, "--json", help="A JSON array: one object per input picture."),
     csv_out: bool = typer.Option(False, "--csv", help="One CSV row per face (video: per frame and track, as processed)."),
@@ -116,16 +116,20 @@ def predict(
     else:
         table = Table(title=f"{res.classifier.arch} ({res.classifier.kind}): {sum(len(r.faces) for r in res.images)} "
                             f"face(s) in {len(res.images)} picture(s)")
-        for col in ("input", "face", "box", "label", "p", "score"):  # score: the detector's
-            table.add_column(col)
+        # A picture without a prediction has no probability: its status goes under label and why under
+        # "reason" (a column only when some picture has one), never into p, which holds numbers only.
+        any_failed = any(not r.faces for r in res.images)
+        for col in ("input", "face", "box", "label", "p", "score", *(("reason",) if any_failed else ())):
+            table.add_column(col)  # score: the detector's
         for r in res.images:
             where = r.input + (f" @{r.frame}" if r.frame is not None else "")
             if not r.faces:  # status and reason: the same words as fer align (fercli.imagestatus)
-                table.add_row(where, "-", "-", f"[red]{r.status}[/]", r.reason or "", "-")
+                table.add_row(where, "-", "-", f"[red]{r.status}[/]", "-", "-", r.reason or r.status.replace("_", " "))
             for f in r.faces:
                 box = "-" if f.box is None else ",".join(f"{v:.0f}" for v in f.box)
                 score = "-" if f.score is None else f"{f.score:.3f}"
-                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}", score)
+                table.add_row(where, str(f.index), box, f.label, f"{f.probs[f.label]:.3f}", score,
+                              *(("",) if any_failed else ()))
         _ui.out.print(table)
         for p in res.annotated:
             _ui.say(ctx, f"annotated: {p}")

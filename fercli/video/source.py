@@ -103,7 +103,8 @@ def _probe_problem(path: Path) -> VideoProblem:
             pass
     except ImportError:
         pass
-    return VideoProblem("unreadable", "not a video OpenCV can decode (unknown format or codec, or not a video)")
+    return VideoProblem("unreadable", "not a video OpenCV can decode (truncated or damaged, unknown format or codec, "
+                        "or not a video); check that it plays in a video player, or copy or re-encode it again")
 
 
 def open_capture(spec: str | int, kind: str):

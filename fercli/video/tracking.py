@@ -5,8 +5,10 @@ their timestamps, so its Kalman filter steps by the real time between detections
 and skipped frames alike). On the frames in between, each track's box is the same filter's prediction
 for that frame's time, computed on a copy: carrying a box never changes the tracker's state.
 
-A face gets its track id at its second detection (ByteTrack's confirmation); a track that goes
-unmatched for longer than ``lost_seconds`` ends, and a face that comes back later gets a new id. When
+A face gets its track id at its first detection, so the first frame it is seen on has a row (ByteTrack
+itself only numbers a track at its second detection; :class:`FaceTracker` numbers new tracks as they
+are made); a track that goes unmatched for longer than ``lost_seconds`` ends, and a face that comes
+back later gets a new id. When
 detections are further apart than that (a slow machine on live input), the budget grows to three
 times the usual gap between detections, so that tracks survive from one detection to the next.
 """
@@ -38,8 +40,11 @@ class FaceTracker:
 
         # lost_track_buffer is in 30 fps frames (the library's convention); with timestamps the budget
         # is lost_track_buffer / 30 seconds.
+        # minimum_consecutive_frames=1: one detection makes a track (its id is given in update below).
         self._bt = ByteTrackTracker(lost_track_buffer=max(1, round(lost_seconds * 30)), frame_rate=fps,
-                                    track_activation_threshold=0.0, high_conf_det_threshold=0.0)
+                                    track_activation_threshold=0.0, high_conf_det_threshold=0.0,
+                                    minimum_consecutive_frames=1)
+        self._next_id = 0  # tracker ids are ours (0-based, as ByteTrack's): see update
         self.fps = fps
         self.lost_seconds = lost_seconds
         self._gap: float | None = None  # running mean of the time between updates
@@ -64,9 +69,22 @@ class FaceTracker:
             self._bt.maximum_time_without_update = max(self.lost_seconds, 3.0 * self._gap)
         out = self._bt.update(dets, timestamp=time)
         self._last_time = time
+        # ByteTrack returns a new face's detection with id -1 and numbers its track only at the next
+        # match, so the first frame would have no row. Number each new track now, from our own counter
+        # (every track then has an id, so ByteTrack never allocates one of its own), and give the
+        # detection it was made from that id.
+        ids = np.asarray(out.tracker_id, dtype=int).copy()
+        new_tracks = [t for t in self._bt.tracks if t.tracker_id == -1]  # made from this update's detections
+        for i in np.flatnonzero(ids < 0):
+            if not new_tracks:
+                break
+            made = min(new_tracks, key=lambda t: float(np.abs(t.get_state_bbox() - out.xyxy[i]).sum()))
+            new_tracks.remove(made)
+            made.tracker_id = ids[i] = self._next_id
+            self._next_id += 1
         found: list[Tracked] = []
-        for box, tid in zip(out.xyxy, out.tracker_id):
-            if tid < 0:  # not confirmed yet (a face's first detection)
+        for box, tid in zip(out.xyxy, ids):
+            if tid < 0:  # a detection that made no track (none with the thresholds above)
                 continue
             # The returned rows are the input rows reordered: find which detection each one is.
             k = int(np.argmin(np.abs(boxes - box).sum(1)))
