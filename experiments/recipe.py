@@ -77,6 +77,9 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     "lfer_up96_bal": ("lfer_up96", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
                                        "--input-size", 96, "--balance", "sampler", "--lr", 0.005,
                                        "--warmup-epochs", 0, "--select", "mean-class"]),
+    "lfer_up96_sqrt": ("lfer_up96", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
+                                        "--input-size", 96, "--balance", "sqrt", "--lr", 0.005,
+                                        "--warmup-epochs", 0, "--select", "mean-class"]),
 }
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
 
