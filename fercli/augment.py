@@ -26,11 +26,9 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
+from fercli.choices import AUGMENT_PRESETS, AUTO_AUGMENT, MIX_MODES  # noqa: F401  (declared light, for the configs)
 from fercli.errors import FerError
 
-AUGMENT_PRESETS = ("paper", "light", "strong")
-AUTO_AUGMENT = ("none", "trivialwide", "randaugment")
-MIX_MODES = ("none", "mixup", "cutmix", "both")
 
 
 def build_augment(preset: str, size: int, flip: float = 0.5, shift: float = 0.0,

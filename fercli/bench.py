@@ -42,12 +42,10 @@ from torch import Tensor, nn
 from fercli.errors import FerError
 from fercli.models import PooledDepthwise, create_model, list_models
 from fercli.progress import Track, no_track
+from fercli.stage_configs import (  # noqa: F401  (light, for the command; re-exported here)
+    BACKENDS, DEFAULT_BACKENDS, FILE_BACKENDS, QUANTIZED_BACKENDS, BenchConfig)
 from fercli.transforms import DEFAULT_INPUT_SIZE, check_input_size
 
-QUANTIZED_BACKENDS = {"onnxruntime-fp16": "fp16", "onnxruntime-int8-dynamic": "int8-dynamic", "onnxruntime-int8": "int8"}
-DEFAULT_BACKENDS = ("eager", "torchscript", "onnxruntime")
-BACKENDS = (*DEFAULT_BACKENDS, *QUANTIZED_BACKENDS, "openvino")
-FILE_BACKENDS = ("onnxruntime", "openvino")  # what an exported .onnx file listed as a model runs on
 COUNTER = ("thop: multiply-accumulates of Conv2d and Linear layers (BatchNorm, activations, pooling and "
            "additions not counted), cross-checked with torch.utils.flop_counter; FLOPs = 2 x MACs")
 
@@ -61,24 +59,6 @@ PAPER_PDWRES_FLOPS = 3.09  # M, the "+ PDWRes" row minus the "+ output module" r
 # How far our counts may stray from Table 4 and still reproduce it: torchvision's blocks are not
 # byte-identical to the paper's, and the paper's FLOP counter is unknown.
 PARAMS_TOL_M, FLOPS_TOL_PCT, PDWRES_TOL_M = 0.04, 2.0, 1.0
-
-
-@dataclass
-class BenchConfig:
-    """Options of `fer bench` (the ``[bench]`` table of a config file)."""
-
-    models: tuple[str, ...] = ("shufflenet_v2", "lfer_head", "lfer")  # registry names or checkpoint paths
-    sizes: tuple[int, ...] = ()  # empty: DEFAULT_INPUT_SIZE (the paper's 224) for registry names, a checkpoint's own size
-    batches: tuple[int, ...] = (1, 32)
-    backends: tuple[str, ...] = DEFAULT_BACKENDS  # BACKENDS lists every choice
-    devices: tuple[str, ...] = ()  # empty: cpu, plus cuda when available
-    num_classes: int = 7  # for registry names
-    warmup: int = 3
-    reps: int = 100  # timed passes per (model, backend) and cell, at most
-    min_reps: int = 5  # ... at least, even past the time budget
-    max_seconds: float = 2.0  # time budget per (model, backend) and cell
-    threads: int = 0  # intra-op threads for torch and onnxruntime; 0: torch's current setting
-    latency: bool = True  # False: parameters and MACs only
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fercli.data import LoaderOptions, batches, load_batches, normalize
+from fercli.data import batches, load_batches, normalize
 from fercli.errors import FerError
 from fercli.fileio import atomic_path
 from fercli.probability import (
@@ -47,6 +47,7 @@ from fercli.probability import (
     softmax,
 )
 from fercli.progress import Track, no_track
+from fercli.stage_configs import CalibrateConfig  # light, for the command; re-exported here
 
 if TYPE_CHECKING:
     from fercli.data import Split
@@ -177,16 +178,6 @@ def temperature_for(model: Callable[[torch.Tensor], torch.Tensor], split: Split,
     t = fit_temperature(logits, labels)
     return (t, calibration_summary(softmax(logits), labels, 1.0),
             calibration_summary(softmax(logits, t), labels, t))
-
-
-@dataclass
-class CalibrateConfig(LoaderOptions):
-    """Options of `fer calibrate` (the ``[calibrate]`` table of a config file)."""
-
-    model: Path | None = None  # a fercli checkpoint; default: the workspace's student
-    manifest: Path | None = None  # default: the workspace's dataset
-    split: str = "valid"  # fit on held-out images, never on the test split you report
-    out: Path | None = None  # default: rewrite the checkpoint in place
 
 
 @dataclass

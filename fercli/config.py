@@ -157,8 +157,9 @@ def build_config(
 
 # ---- validation: every option of every stage, once, before any data is touched ---------------------
 # One validator per stage config, keyed by the config class's module and name (registered below).
-# Each raises a one-line FerError naming the option. Validators import the stage's own module
-# lazily (the command has imported it by then) so this module stays light.
+# Each raises a one-line FerError naming the option. Validators import only light modules (the configs'
+# own modules, fercli.choices, fercli.schema ...): a command validates its config before it imports its
+# stage (torch, OpenCV, pandas), so a bad option costs no more than `fer --help`.
 VALIDATORS: dict[str, Callable[[Any], None]] = {}
 DETECTOR_CHOICES = ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar", "landmarks", "none")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
@@ -251,12 +252,10 @@ def split_fractions(option: str, value: typing.Sequence[float]) -> None:
 
 
 def _runtime(cfg: Any) -> None:
-    """``--runtime``: what runs an exported .onnx model (fercli.export_core.RUNTIMES)."""
+    """``--runtime``: what runs an exported .onnx model (fercli.choices.RUNTIMES)."""
     if getattr(cfg, "runtime", None) is not None:
-        try:
-            from fercli.export_core import RUNTIMES
-        except ImportError:
-            RUNTIMES = ("onnxruntime", "openvino")
+        from fercli.choices import RUNTIMES
+
         choice("--runtime", cfg.runtime, RUNTIMES)
 
 
@@ -288,11 +287,10 @@ def validate_align(cfg: Any) -> None:
     cfg.check()  # the config's own checks (kept beside the dataclass)
 
 
-@_validator("fercli.predict.PredictConfig")
+@_validator("fercli.stage_configs.PredictConfig")
 def validate_predict(cfg: Any) -> None:
-    from fercli.calibration import TTA_MODES
-    from fercli.video.source import is_video_run
-    from fercli.video.source import ANNOTATE_VIDEO_SUFFIXES
+    from fercli.choices import TTA_MODES
+    from fercli.stage_configs import ANNOTATE_VIDEO_SUFFIXES, is_video_run
 
     _detection(cfg, ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar"))
     existing("--model", cfg.model)
@@ -314,11 +312,11 @@ def validate_predict(cfg: Any) -> None:
         writable("--out", cfg.out, folder=True)
 
 
-@_validator("fercli.importers.base.ImportConfig")
+@_validator("fercli.stage_configs.ImportConfig")
 def validate_import(cfg: Any) -> None:
-    from fercli.importers import FORMATS, parse_split_renames
+    from fercli.stage_configs import IMPORT_FORMATS, parse_split_renames
 
-    choice("FORMAT", cfg.format, (*FORMATS, "auto"))
+    choice("FORMAT", cfg.format, (*IMPORT_FORMATS, "auto"))
     existing("SRC", cfg.src, "file or directory")
     writable("--out", cfg.out, folder=False)
     if cfg.classes is not None:
@@ -332,9 +330,9 @@ def validate_import(cfg: Any) -> None:
         need("split_seed", cfg.split_seed, isinstance(cfg.split_seed, int) and cfg.split_seed >= 0, "an integer >= 0")
 
 
-@_validator("fercli.evaluation.EvalConfig")
+@_validator("fercli.stage_configs.EvalConfig")
 def validate_eval(cfg: Any) -> None:
-    from fercli.calibration import TTA_MODES
+    from fercli.choices import TTA_MODES
     from fercli.schema import SPLITS
 
     existing("--model", cfg.model)
@@ -351,12 +349,12 @@ def validate_eval(cfg: Any) -> None:
     need("robustness_seed", cfg.robustness_seed, isinstance(cfg.robustness_seed, int) and cfg.robustness_seed >= 0,
          "an integer >= 0")
     if cfg.corruptions or cfg.robustness:
-        from fercli.robustness import check_options
+        from fercli.corruptions import check_options
 
         check_options(cfg.robustness, cfg.corruptions, cfg.robustness_seed)
 
 
-@_validator("fercli.gen_labels.GenLabelsConfig")
+@_validator("fercli.stage_configs.GenLabelsConfig")
 def validate_gen_labels(cfg: Any) -> None:
     from fercli.schema import SPLITS
 
@@ -371,7 +369,7 @@ def validate_gen_labels(cfg: Any) -> None:
     device("--device", cfg.device)
 
 
-@_validator("fercli.calibration.CalibrateConfig")
+@_validator("fercli.stage_configs.CalibrateConfig")
 def validate_calibrate(cfg: Any) -> None:
     from fercli.schema import SPLITS
 
@@ -386,7 +384,7 @@ def validate_calibrate(cfg: Any) -> None:
 
 @_validator("fercli.training.config.TrainConfig", "fercli.training.config.TeacherConfig")
 def validate_train(cfg: Any) -> None:
-    from fercli.training import validate_train_config
+    from fercli.training.config import validate_train_config
 
     existing("MANIFEST", cfg.manifest)
     existing("--labels", cfg.labels)
@@ -397,14 +395,14 @@ def validate_train(cfg: Any) -> None:
     validate_train_config(cfg)  # ranges and choices of the training options (fercli.training)
 
 
-@_validator("fercli.bench.BenchConfig")
+@_validator("fercli.stage_configs.BenchConfig")
 def validate_bench(cfg: Any) -> None:
-    from fercli.bench import BACKENDS
-    from fercli.models import list_models
+    from fercli.choices import MODEL_NAMES
+    from fercli.stage_configs import BACKENDS
 
     for m in cfg.models:
-        if m not in list_models() and not Path(m).exists():
-            raise FerError(f"MODELS: {m!r} is neither a registered model ({', '.join(list_models())}) nor a file")
+        if m not in MODEL_NAMES and not Path(m).exists():
+            raise FerError(f"MODELS: {m!r} is neither a registered model ({', '.join(MODEL_NAMES)}) nor a file")
     for s in cfg.sizes:
         need("--size", s, isinstance(s, int) and s >= 16 and s % 16 == 0, "a multiple of 16 (48, 64, 96, 112, 224 ...)")
     for b in cfg.batches:
@@ -421,7 +419,7 @@ def validate_bench(cfg: Any) -> None:
     at_least("--threads", cfg.threads, 0)
 
 
-@_validator("fercli.export_core.ExportConfig")
+@_validator("fercli.stage_configs.ExportConfig")
 def validate_export(cfg: Any) -> None:
     formats = typing.get_args(typing.get_type_hints(type(cfg)).get("format"))
     if formats:  # a Literal: build_config has checked it already; repeated for configs built otherwise

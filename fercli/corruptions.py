@@ -206,6 +206,16 @@ def resolve_corruptions(names: Sequence[str] | None = None) -> list[Corruption]:
     return [CORRUPTIONS[n] for n in names]
 
 
+def check_options(robustness: bool, corruptions: Sequence[str] | None, seed: int) -> None:
+    """Validate the robustness options of `fer eval` before anything is loaded."""
+    if corruptions and not robustness:
+        raise FerError("--corruptions needs --robustness")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise FerError(f"robustness_seed must be an integer >= 0, got {seed!r}")
+    if robustness:
+        resolve_corruptions(corruptions)
+
+
 def image_rng(seed: int, name: str, index: int) -> np.random.Generator:
     """The generator for image ``index`` under corruption ``name``: depends on nothing else."""
     return np.random.default_rng([int(seed), zlib.crc32(name.encode()), int(index)])

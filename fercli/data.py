@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fercli.augment import augment_batch
+from fercli.choices import LoaderOptions  # noqa: F401  (a config base class, declared light)
 from fercli.errors import FerError
 from fercli.fileio import atomic_path, atomic_write_json
 from fercli.progress import Track, no_track
@@ -108,16 +109,6 @@ def load_or_build_cache(paths: Sequence[Path], rel_paths: Sequence[str], size: i
     arr = build_cache(paths, size, dest, workers, track)
     atomic_write_json(info, {"manifest_sha256": manifest_sha, "size": size, "rows": len(paths)})
     return arr
-
-
-@dataclass(kw_only=True)
-class LoaderOptions:
-    """The options every stage that runs a model over a manifest's images shares (a config base class)."""
-
-    batch_size: int = 128
-    workers: int = 2  # decoding / augmentation worker processes
-    cache: bool = True  # use the decoded cache (see the module docstring)
-    device: str = "auto"
 
 
 @dataclass

@@ -30,33 +30,13 @@ from fercli.fileio import atomic_path, atomic_write_json, atomic_write_text
 from fercli.inference import Classifier, class_mapping, resolve_model
 from fercli.metrics import compute_metrics, vote_agreement  # noqa: F401  (compute_metrics: also fercli.evaluation's API)
 from fercli.progress import Track, no_track
+from fercli.stage_configs import EvalConfig  # light, for the command; re-exported here
 from fercli.schema import (
     COL_LABEL, COL_PATH, COL_SPLIT, CONFUSION_CSV, CONFUSION_INDEX, CONFUSION_PNG, EVAL_FILES,
     PREDICTION_COLUMNS, PREDICTIONS_CSV, RELIABILITY_PNG, REPORT_JSON, ROBUSTNESS_JSON, ROBUSTNESS_PNG, SPLITS,
     dist_columns, make_provenance, manifest_ref, model_ref, prob_columns, read_manifest, report_header,
 )
 from fercli.workspace import Artifact, Workspace
-
-
-@dataclass
-class EvalConfig:
-    """Options of `fer eval`."""
-
-    model: Path | None = None  # checkpoint or export; default: the workspace's student
-    manifest: Path | None = None  # default: the workspace's dataset
-    split: str = "test"
-    tta: str | None = None  # none or flip; default: the model's recommendation (Classifier.tta)
-    map: bool = False  # score on the shared classes when one class list is a subset of the other
-    out: Path | None = None  # report directory; default: the workspace's eval/
-    batch_size: int = 128
-    workers: int = 2
-    cache: bool = True
-    device: str = "auto"
-    threads: int | None = None
-    runtime: str = "onnxruntime"  # an .onnx model: onnxruntime or openvino (fercli.export.RUNTIMES)
-    robustness: bool = False  # also score under the corruption suite (fercli.robustness)
-    corruptions: tuple[str, ...] = ()  # with robustness: these corruptions only; empty: the whole suite
-    robustness_seed: int = 0  # seeds the corruptions (noise); part of the corrupted images' cache key
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str] | tuple[str, ...], title: str, dest: Path) -> None:

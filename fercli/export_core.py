@@ -13,7 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,9 @@ from torch import nn
 
 from fercli.probability import model_temperature, model_tta
 from fercli.checkpoint import library_versions
+from fercli.choices import RUNTIMES  # noqa: F401  (what runs an exported .onnx file in fer eval / predict / bench)
 from fercli.errors import FerError
+from fercli.stage_configs import ExportConfig  # light, for the command; re-exported here
 from fercli.schema import (
     INPUT_NAME,
     ONNX_META_KEY,
@@ -38,25 +40,6 @@ from fercli.workspace import Artifact, Workspace
 FORMATS = ("onnx", "torchscript", "checkpoint")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "checkpoint": ".pt"}
 HALF_TOLERANCE = 5e-2  # float16 weights: ~2e-3 measured on FERPlus-trained 64x64 models; 25x headroom
-
-
-@dataclass
-class ExportConfig:
-    """Options of `fer export` (the ``[export]`` table of a config file)."""
-
-    format: Literal["onnx", "torchscript", "checkpoint"] = "onnx"
-    out: Path | None = None  # default: WORKSPACE/export/model.onnx (or .torchscript, .pt)
-    opset: int = 17
-    half: bool = False  # checkpoint format: store float16 weights
-    tolerance: float | None = None  # max abs logit difference vs eager PyTorch; default 1e-4 (5e-2 with half)
-    parity_batches: tuple[int, ...] = (1, 3)  # batch sizes of the random parity inputs (tests dynamic batch)
-    seed: int = 0  # also seeds the calibration sample of --quantize
-    # --quantize (fercli.quantize): an int8 (static, QDQ), int8-dynamic or fp16 ONNX file
-    quantize: str | None = None  # int8, int8-dynamic or fp16 (fercli.quantize.MODES)
-    calib: Path | None = None  # manifest (its train split is sampled) or .npy uint8 images; default: the workspace's dataset
-    calib_size: int = 500  # calibration images (at least 50)
-    quant_exclude: tuple[str, ...] = ()  # nodes kept in float32: first-conv, head, depthwise or node names
-    min_agreement: float | None = None  # top-1 agreement with float32 below which nothing is written
 
 
 @dataclass
@@ -136,7 +119,6 @@ def ort_session(data: bytes | str | os.PathLike[str], threads: int | None = None
     return ort.InferenceSession(data if isinstance(data, bytes) else str(data), so, providers=providers)
 
 
-RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported .onnx file in fer eval / predict / bench
 
 
 class _Input:

@@ -18,28 +18,16 @@ import pandas as pd
 import torch
 
 from fercli.checkpoint import model_from_checkpoint
-from fercli.data import LoaderOptions, batches, cache_dir_for, load_batches, make_split, normalize
+from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
 from fercli.metrics import vote_agreement
 from fercli.probability import tta_probs
 from fercli.progress import Track, no_track
 from fercli.schema import COL_LABEL, COL_PATH, COL_SPLIT, SPLITS, dist_columns, make_provenance, read_manifest, write_labels
+from fercli.stage_configs import GenLabelsConfig  # light, for the command; re-exported here
 from fercli.transforms import preset_from_meta
 from fercli.workspace import Artifact, Workspace
-
-
-@dataclass
-class GenLabelsConfig(LoaderOptions):
-    """Options of `fer gen-labels`."""
-
-    teacher: Path | None = None
-    manifest: Path | None = None
-    out: Path | None = None  # default: the workspace's labels/labels.parquet
-    temperature: float = 1.0
-    flip: bool = False  # average the softmax of the image and its mirror
-    splits: tuple[str, ...] = ("train",)
-    force: bool = False  # allow labelling the test split
 
 
 @dataclass

@@ -14,10 +14,10 @@ here and kept switchable:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from fercli.choices import KL_REDUCTIONS, LOSSES, LossConfig  # noqa: F401  (declared light, for the configs)
 
 _LOG_EPS = 1e-7  # keeps ln(p) and ln(1 - p) finite when a softmax saturates
 
@@ -72,22 +72,6 @@ def combo_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, b
     return alpha * weighted_ce(probs, onehot, beta) - (1 - alpha) * dice(probs, onehot, eps)
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    """What the training loss is made of (see the module docstring)."""
-
-    loss: str = "combo"  # combo (eq. 6) or ce (plain cross-entropy) on the single labels
-    alpha: float = 0.5
-    beta: float = 0.2  # the paper's best on RAF-DB (0.6 on AffectNet-7)
-    dice_eps: float = 1.0
-    kl_weight: float = 1.0  # weight of eq. 5; only used when target distributions are given
-    kl_reduction: str = "paper"
-    label_smoothing: float = 0.0  # on the single-label part (CE, or the combo loss's one-hots)
-    tau: float = 0.0  # logit adjustment (Menon et al. 2021): train on logits + tau * log(prior)
-
-
-LOSSES = ("combo", "ce")
-KL_REDUCTIONS = ("paper", "batchmean")
 
 
 class LFERLoss(torch.nn.Module):

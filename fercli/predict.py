@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from fercli.align.config import (DEFAULT_DETECT_SIZE, DEFAULT_DETECTOR, DEFAULT_MARGIN, DEFAULT_MIN_FACE_SIZE,
-                                 DEFAULT_MIN_SCORE, DEFAULT_SIZE)
 from fercli.align.imageio import ImageProblem, LoadedImage, load_image
 # CLASSIFY_BATCH and FaceResult live in fercli.api now; they stay importable from here.
 from fercli.api import CLASSIFY_BATCH, NO_DETECTOR, FaceCrop, FaceResult, Recognizer, RecognizerConfig  # noqa: F401
@@ -31,40 +29,9 @@ from fercli.imagestatus import NO_IMAGES_IN_FOLDER, NO_MATCH, path_problem
 from fercli.importers.base import VIDEO_EXTS, is_image
 from fercli.inference import Classifier
 from fercli.progress import Track, no_track
+from fercli.stage_configs import PredictConfig  # light, for the command; re-exported here
 from fercli.workspace import Artifact, Workspace
 
-
-
-@dataclass
-class PredictConfig:
-    """Options of `fer predict`; the detection options mean what they mean for `fer align`."""
-
-    inputs: tuple[str, ...] = ()
-    model: Path | None = None  # default: the workspace's student
-    detector: str = DEFAULT_DETECTOR  # auto: a cached RetinaFace, else OpenCV's Haar cascade (never downloads)
-    detector_weights: Path | None = None
-    faces: str = "all"  # all, largest or best
-    min_score: float = DEFAULT_MIN_SCORE
-    min_face_size: float = DEFAULT_MIN_FACE_SIZE
-    size: int = DEFAULT_SIZE  # alignment output size, as `fer align --size`
-    margin: float = DEFAULT_MARGIN
-    detect_size: int = DEFAULT_DETECT_SIZE
-    no_detect: bool = False  # each image is already an aligned face
-    every: int = 30  # videos among several inputs (or with --every): classify every N-th frame as a picture
-    tta: str | None = None  # none or flip; default: the model's recommendation (Classifier.tta)
-    batch_size: int = 8  # images per detector forward pass, as `fer align --batch-size`
-    device: str = "auto"
-    threads: int | None = None
-    runtime: str = "onnxruntime"  # an .onnx model: onnxruntime or openvino (fercli.export.RUNTIMES)
-    annotate: Path | None = None  # write copies with boxes and labels drawn here (one video: an .mp4, or a folder)
-    # One video, camera or stream is tracked frame by frame (fercli.video): these options apply there.
-    webcam: int | None = None  # camera index
-    live: bool = False  # read a video file as a live source (its own frame rate, dropping frames when behind)
-    detect_every: int = 1  # detect and classify every K-th frame; the tracker carries boxes in between
-    smooth: float = 0.5  # half-life (seconds) of each track's probability average; 0: raw
-    out: Path | None = None  # folder for frames.csv, frames.jsonl, summary.json, timeline.png
-    show: bool = False  # a window with the annotated frames (--show; --headless is the default)
-    duration: float | None = None  # stop after this many seconds of input
 
 
 @dataclass

@@ -8,7 +8,7 @@ checks of the two stored keys (``temperature``, ``tta``) and the calibration mea
 the fitted temperature) live beside them; fitting and writing a checkpoint's temperature is the
 `fer calibrate` stage (:mod:`fercli.calibration`).
 
-This module imports nothing else from fercli but errors, so checkpoints, exports and inference can
+This module imports nothing else from fercli but errors and choices, so checkpoints, exports and inference can
 all build on it.
 """
 
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fercli.choices import TTA_MODES  # test-time augmentation: none, or the mean with the mirrored face
 from fercli.errors import FerError
 
 V = TypeVar("V")
 
 ECE_BINS = 15  # the usual choice (Guo et al. 2017)
-TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirrored face
 DEFAULT_TEMPERATURE = 1.0  # a checkpoint or export without a ``temperature`` key: plain softmax
 DEFAULT_TTA = "none"
 

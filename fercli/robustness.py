@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fercli.corruptions import (
+from fercli.corruptions import (  # check_options: declared there (light) for fer eval's config
+    check_options,
     CORRUPTIONS,
     DEFAULT_SEED,
     EYES_BAND,
@@ -52,16 +53,6 @@ from fercli.transforms import decode_image, to_rgb_uint8
 log = logging.getLogger(__name__)
 
 CANONICAL_SIZE = 112  # corruptions are made at this size, then resized to each model's input size
-
-
-def check_options(robustness: bool, corruptions: Sequence[str] | None, seed: int) -> None:
-    """Validate the robustness options of `fer eval` before anything is loaded."""
-    if corruptions and not robustness:
-        raise FerError("--corruptions needs --robustness")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise FerError(f"robustness_seed must be an integer >= 0, got {seed!r}")
-    if robustness:
-        resolve_corruptions(corruptions)
 
 
 # ---- the corrupted images ----------------------------------------------------------------------

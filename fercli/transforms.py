@@ -20,30 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fercli.choices import DEFAULT_INPUT_SIZE, SIZE_MULTIPLE, check_input_size  # noqa: F401  (declared light)
 from fercli.errors import FerError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-DEFAULT_INPUT_SIZE = 224  # the paper's input size
-
-# Every network accepts sizes that are a multiple of this (see check_input_size for why).
-SIZE_MULTIPLE = 16
-
-
-def check_input_size(size: int, where: str = "input size") -> int:
-    """Return ``size`` if every registered model accepts it, else raise :class:`FerError`.
-
-    The LFER student splits the 1/4-resolution map F1 into four quadrants whose stride-2 outputs
-    must tile the 1/8-resolution Stage2 map exactly, so ``size / 8`` must be even: ``size`` must be
-    a multiple of 16 (48, 64, 96, 112, 224, ...). All models share the rule so that ablations and
-    teachers always run at the same sizes.
-    """
-    if isinstance(size, bool) or not isinstance(size, int) or size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
-        raise FerError(
-            f"{where} {size!r} is not supported: use a multiple of {SIZE_MULTIPLE} such as 48, 64, 96, 112 or 224 "
-            "(the PDWRes quadrants must tile the 1/8-resolution Stage2 map)"
-        )
-    return size
 
 
 @dataclass(frozen=True)

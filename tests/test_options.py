@@ -238,3 +238,55 @@ def test_help_shows_no_python_types_and_no_placeholder_beside_flags(path):
         assert after and not (after[0].isupper() and len(after[0]) > 1), (path, names, " ".join(row))
     for arg in (p for p in cmd.params if isinstance(p, TyperArgument)):  # arguments in capitals, as in the README
         assert (arg.name or "").upper() in res.output, (path, arg.name)
+
+
+# ---- a bad option is refused before the stage (torch, OpenCV, pandas) is imported --------------------
+HEAVY = ("torch", "torchvision", "cv2", "pandas", "onnxruntime")
+# Command -> (a bad option, the one-line error it gets). A file or folder named FILE/DIR is made first.
+BAD_OPTIONS = {
+    ("align",): (["SRC", "DST", "--min-score", "2"], "--min-score must be in [0, 1), got 2.0"),
+    ("pretrain-teacher",): (["--ema", "2"], "--ema 2.0 is out of range: it must be in (0, 1), e.g. 0.999"),
+    ("gen-labels",): (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ("train",): (["--ema", "2"], "--ema 2.0 is out of range: it must be in (0, 1), e.g. 0.999"),
+    ("calibrate",): (["FILE", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ("eval",): (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    ("bench",): (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    ("export",): (["--format", "foo"], "--format must be one of onnx, torchscript, checkpoint, got 'foo'"),
+    ("predict",): (["FILE", "--every", "0"], "--every must be >= 1, got 0"),
+    ("serve",): (["--port", "-1"], "--port must be in 0..65535, got -1"),
+    ("demo",): (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    ("data", "import"): (["folder", "DIR", "--classes", "9"], "--classes must be 7 or 8, got 9"),
+}
+_RUN_CLI = """
+import sys
+from fercli.cli import main
+sys.argv = ["fer", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("heavy:", ",".join(m for m in {heavy!r} if m in sys.modules), "exit:", code)
+"""
+
+
+def test_bad_options_cover_every_command_with_a_config():
+    assert set(BAD_OPTIONS) == set(CONFIGS)
+
+
+@pytest.mark.parametrize("path", sorted(BAD_OPTIONS), ids=" ".join)
+def test_a_bad_option_is_refused_without_importing_the_stage(path, tmp_path):
+    """Every command builds and validates its config (build_config -> validate_config) before it imports
+    its stage: a bad value is one line in a fraction of a second, not after torch, OpenCV and pandas."""
+    import os
+    import subprocess
+    import sys
+
+    args, message = BAD_OPTIONS[path]
+    (tmp_path / "FILE").write_bytes(b"x")
+    (tmp_path / "DIR").mkdir()
+    argv = [str(tmp_path / a) if a in ("FILE", "DIR") else a for a in args]
+    env = {**os.environ, "FER_WORKSPACE": str(tmp_path / "ws"), "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-c", _RUN_CLI.format(heavy=HEAVY), *path, *argv], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=120)
+    assert res.stderr.strip().splitlines()[-1:] == [f"error: {message}"], res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "heavy:  exit: 1", res.stdout

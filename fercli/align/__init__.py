@@ -17,13 +17,41 @@ and `fer align`'s run: :mod:`~fercli.align.runner` with :mod:`~fercli.align.data
 :mod:`~fercli.align.journal` and :mod:`~fercli.align.outputs`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from fercli.align.config import AlignConfig
-from fercli.align.detectors import DETECTORS, RetinaFaceDetector, load_detector, resolve_device
-from fercli.align.faces import Face, select_faces
-from fercli.align.imageio import ImageProblem, LoadedImage, load_image, write_image
-from fercli.align.runner import AlignResult, run_align
-from fercli.align.sources import Source, load_source
-from fercli.align.transform import ARCFACE_112, LANDMARK_WEIGHTS, align_face, alignment_matrix, box_crop, resize_face, template
+
+if TYPE_CHECKING:
+    from fercli.align.detectors import DETECTORS, RetinaFaceDetector, load_detector, resolve_device
+    from fercli.align.faces import Face, select_faces
+    from fercli.align.imageio import ImageProblem, LoadedImage, load_image, write_image
+    from fercli.align.runner import AlignResult, run_align
+    from fercli.align.sources import Source, load_source
+    from fercli.align.transform import (ARCFACE_112, LANDMARK_WEIGHTS, align_face, alignment_matrix, box_crop,
+                                        resize_face, template)
+
+# Everything but the config imports OpenCV, numpy or torch: loaded on first use (PEP 562), so that a
+# command builds and validates AlignConfig before it pays for them.
+_MODULES = {
+    "detectors": ("DETECTORS", "RetinaFaceDetector", "load_detector", "resolve_device"),
+    "faces": ("Face", "select_faces"),
+    "imageio": ("ImageProblem", "LoadedImage", "load_image", "write_image"),
+    "runner": ("AlignResult", "run_align"),
+    "sources": ("Source", "load_source"),
+    "transform": ("ARCFACE_112", "LANDMARK_WEIGHTS", "align_face", "alignment_matrix", "box_crop", "resize_face",
+                  "template"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if not any(name in names for names in _MODULES.values()):
+        raise AttributeError(f"module 'fercli.align' has no attribute {name!r}")
+    from fercli.align import detectors, faces, imageio, runner, sources, transform
+
+    modules = {"detectors": detectors, "faces": faces, "imageio": imageio, "runner": runner, "sources": sources,
+               "transform": transform}
+    return getattr(next(modules[m] for m, names in _MODULES.items() if name in names), name)
+
 
 __all__ = [
     "ARCFACE_112", "DETECTORS", "LANDMARK_WEIGHTS", "AlignConfig", "AlignResult", "Face", "ImageProblem",

@@ -2,16 +2,17 @@
 
 `fer align` (:class:`AlignConfig`), `fer predict` (:class:`fercli.predict.PredictConfig`) and the
 Python API (:class:`fercli.api.RecognizerConfig`) take the same detection options with the same
-meaning; their defaults and their range checks are declared here once.
+meaning; their defaults and their range checks are declared here once. Light (no OpenCV, numpy or
+torch): commands build and validate the config before they import the stage.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from fercli.align.transform import check_geometry
 from fercli.errors import FerError
 
 MODES = ("auto", "retinaface-resnet50", "retinaface-mobilenet", "haar", "landmarks", "none")
@@ -33,6 +34,13 @@ def check_face_filters(min_score: float, min_face_size: float) -> None:
         raise FerError(f"--min-score must be in [0, 1), got {min_score}")
     if min_face_size < 0:
         raise FerError(f"--min-face-size must be >= 0, got {min_face_size}")
+
+
+def check_geometry(size: int, margin: float) -> None:
+    if not isinstance(size, numbers.Integral) or size < 16 or size > 4096:
+        raise FerError(f"--size must be an integer in 16..4096, got {size!r}")
+    if not 0.0 <= margin < 1.0:
+        raise FerError(f"--margin must be in [0, 1), got {margin!r}")
 
 
 def check_detect_size(detect_size: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fercli.errors import FerError
+from fercli.align.config import check_geometry  # noqa: F401  (declared light, for the configs)
 
 ARCFACE_112 = np.array(
     [
@@ -33,13 +33,6 @@ ARCFACE_112 = np.array(
 # steady across expressions and the eyes land within a few pixels of the template (unweighted, a
 # broad smile pulls them 5-6 px off at 224). ``weights=None`` gives the plain unweighted fit.
 LANDMARK_WEIGHTS = (4.0, 4.0, 2.0, 1.0, 1.0)
-
-
-def check_geometry(size: int, margin: float) -> None:
-    if not isinstance(size, (int, np.integer)) or size < 16 or size > 4096:
-        raise FerError(f"--size must be an integer in 16..4096, got {size!r}")
-    if not 0.0 <= margin < 1.0:
-        raise FerError(f"--margin must be in [0, 1), got {margin!r}")
 
 
 def template(size: int = 224, margin: float = 0.0) -> np.ndarray:

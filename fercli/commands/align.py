@@ -79,10 +79,12 @@ def align(
     Every source image gets a manifest row with a status (ok, no_face, unreadable, ...) and a reason; a rerun
     skips finished images. The manifest becomes the workspace's current dataset.
     """
-    from fercli.align import AlignConfig, run_align
+    from fercli.align.config import AlignConfig  # light: the stage (OpenCV, torch) comes after validation
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(AlignConfig, "align", _o.given(AlignConfig, locals(), **detection), workspace=ws, config_file=config)
+    from fercli.align import run_align
+
     command = "fer " + " ".join(sys.argv[1:])
     try:
         with _sigterm_as_interrupt():

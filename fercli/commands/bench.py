@@ -12,11 +12,8 @@ from rich.table import Table
 from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
+from fercli.choices import MODEL_NAMES  # the registry's names (a test checks they agree), light for --help
 from fercli.errors import FerError
-
-# The registry's names (fercli.models.list_models(); a test checks they agree), spelled out so that
-# `fer bench --help` does not import torch.
-MODEL_NAMES = ("shufflenet_v2", "lfer_head", "lfer", "resnet18", "resnet50")
 
 EXAMPLE = """Examples:
 
@@ -70,9 +67,11 @@ def bench(
     torch.utils.flop_counter. Every model and backend of one batch size is timed interleaved in the
     same loop, so the ratios between them are fair even on a busy machine.
     """
-    from fercli.bench import BenchConfig, paper_table, run_bench
+    from fercli.stage_configs import BenchConfig  # light: the stage (torch) is imported after validation
 
     if paper:
+        from fercli.bench import paper_table
+
         if models or size or batch or backend or device or classes:
             raise FerError("--paper compares the fixed Table 4 setting (the three student variants, 224x224, "
                            "7 classes); drop the other arguments, or run fer bench without --paper")
@@ -86,6 +85,8 @@ def bench(
     overrides = _o.given(BenchConfig, locals(), models=models or None, sizes=_split(size), batches=_split(batch),
                          backends=_split(backend), devices=_split(device), num_classes=classes)
     cfg = build_config(BenchConfig, "bench", overrides, workspace=ws, config_file=config)
+    from fercli.bench import run_bench
+
     report = run_bench(cfg, track=_ui.rich_track).to_dict()
     if json_out:
         _ui.print_json(report)

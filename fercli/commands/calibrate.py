@@ -40,10 +40,12 @@ def calibrate(
     temperature is stored in the checkpoint and applied by `fer eval`, `fer predict` and exports.
     Predictions (the most likely class) do not change. Prints ECE and NLL before and after.
     """
-    from fercli.calibration import CalibrateConfig, run_calibrate
+    from fercli.stage_configs import CalibrateConfig  # light: the stage (torch) is imported after validation
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(CalibrateConfig, "calibrate", _o.given(CalibrateConfig, locals(), model=ckpt, **inference), ws, config)
+    from fercli.calibration import run_calibrate
+
     res = run_calibrate(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                         on_inputs=_ui.announcer(ctx, ws))
     summary = res.summary()

@@ -12,9 +12,8 @@ from rich.table import Table
 from fercli.commands import _options as _o
 from fercli.commands import _ui
 from fercli.config import build_config
-
-# fercli.importers.FORMATS (a test checks they agree), spelled out so `fer data --help` imports no pandas.
-FORMATS = ("rafdb", "ferplus", "affectnet", "fer2013", "folder")
+# fercli.importers.FORMATS (a test checks they agree), declared light so `fer data --help` imports no pandas.
+from fercli.stage_configs import IMPORT_FORMATS as FORMATS
 
 app = typer.Typer(help="Import datasets into manifests and inspect them.", no_args_is_help=True, rich_markup_mode="rich",
                   cls=_o.FerGroup)
@@ -59,12 +58,14 @@ def import_(
 
     The manifest becomes the workspace's current dataset for later stages.
     """
-    from fercli.importers import ImportConfig, run_import
+    from fercli.stage_configs import ImportConfig  # light: the importers (pandas) come after validation
 
     st = _ui.state(ctx)
     ws = st.workspace
     cfg = build_config(ImportConfig, "import", _o.given(ImportConfig, locals(), rename_splits=rename_split),
                        workspace=ws, config_file=config)
+    from fercli.importers import run_import
+
     result = run_import(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]))
     summary = result.summary()
     if json_out:

@@ -51,10 +51,12 @@ def eval_(
 ) -> None:
     """Accuracy, mean per-class accuracy, per-class precision/recall/F1, the confusion matrix, and the
     calibration of the probabilities (ECE over 15 bins, NLL, a reliability diagram)."""
-    from fercli.evaluation import EvalConfig, run_eval
+    from fercli.stage_configs import EvalConfig  # light: the stage (torch) is imported after validation
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(EvalConfig, "eval", _o.given(EvalConfig, locals(), map=map_, **inference), ws, config)
+    from fercli.evaluation import run_eval
+
     res = run_eval(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]), on_inputs=_ui.announcer(ctx, ws))
     rep = res.report
     if json_out:

@@ -58,7 +58,7 @@ def export(
     the softmax). The export is run on random batches and compared with the eager model; it is
     written only if the max abs difference is within the tolerance.
     """
-    from fercli.export import ExportConfig, resolve_checkpoint, run_export
+    from fercli.stage_configs import ExportConfig  # light: the stage (torch) is imported after validation
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(ExportConfig, "export", _o.given(ExportConfig, locals()), workspace=ws, config_file=config)
@@ -66,6 +66,8 @@ def export(
         from fercli.fileio import check_writable_file
 
         check_writable_file(cfg.out, "--out")
+    from fercli.export import resolve_checkpoint, run_export
+
     art = resolve_checkpoint(ws, ckpt, cfg.quantize)
     _ui.using(ctx, ws, art)
     result, _ = run_export(cfg, ws, art, command="fer " + " ".join(sys.argv[1:]))

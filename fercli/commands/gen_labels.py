@@ -36,10 +36,12 @@ def gen_labels(
     **inference: Any,
 ) -> None:
     """Write the teacher's softmax for every labelled training image as label distributions (parquet)."""
-    from fercli.gen_labels import GenLabelsConfig, run_gen_labels
+    from fercli.stage_configs import GenLabelsConfig  # light: the stage (torch) is imported after validation
 
     ws = _ui.state(ctx).workspace
     cfg = build_config(GenLabelsConfig, "gen-labels", _o.given(GenLabelsConfig, locals(), **inference), ws, config)
+    from fercli.gen_labels import run_gen_labels
+
     res = run_gen_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
                           on_inputs=_ui.announcer(ctx, ws))
     if json_out:

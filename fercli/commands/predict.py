@@ -66,8 +66,7 @@ def predict(
     **detection: Any,
 ) -> None:
     """Detect, align and classify every face; exit code 1 if any input could not be used."""
-    from fercli.commands import predict_video
-    from fercli.predict import PredictConfig, run_predict
+    from fercli.stage_configs import PredictConfig, is_video_run  # light: the stage (torch, OpenCV) comes after validation
 
     ws = _ui.state(ctx).workspace
     inputs = list(inputs or [])
@@ -81,7 +80,9 @@ def predict(
                        ws, config)
     video_only = {"--webcam": webcam, "--detect-every": detect_every, "--smooth": smooth, "--out": out, "--show": show,
                   "--live": live, "--duration": duration, "--jsonl": jsonl_out or None}
-    if predict_video.is_video_run(cfg) and every is None:
+    if is_video_run(cfg) and every is None:
+        from fercli.commands import predict_video
+
         predict_video.run(ctx, cfg, ws, json_out=json_out, csv_out=csv_out, jsonl_out=jsonl_out)
         return
     given = [k for k, v in video_only.items() if v not in (None, False)]
@@ -93,6 +94,8 @@ def predict(
         else:
             why = f"got {len(cfg.inputs)} inputs"
         raise FerError(f"{given[0]} applies to one video file, stream or camera ({why})")
+    from fercli.predict import run_predict
+
     res = run_predict(cfg, ws, track=_ui.rich_track, on_model=lambda art: _ui.using(ctx, ws, art))
     if res.detector is not None:
         _ui.say(ctx, f"[dim]detector:[/] {res.detector}" + (f" (auto: {res.detector_note})" if res.detector_note else ""))

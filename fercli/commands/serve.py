@@ -51,7 +51,7 @@ def serve(
     config: Optional[Path] = _o.config_file("serve"),
 ) -> None:
     """Serve the model over HTTP: POST /v1/predict, a browser page at /, OpenAPI docs at /docs, /metrics."""
-    from fercli.serve import ServeConfig, run_serve
+    from fercli.serve.config import ServeConfig  # light: the server (torch, FastAPI) comes after validation
 
     ws = _ui.state(ctx).workspace
     overrides = _o.given(ServeConfig, locals(), cors=tuple(cors) if cors else None, timeout_s=timeout)
@@ -64,5 +64,7 @@ def serve(
         where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"  # the bound port: --port 0 picks one
         _ui.say(ctx, f"serving on {where}/ (page), {where}/docs (API), {where}/metrics; Ctrl-C stops"
                 + ("; API key required" if cfg.api_key else ""))
+
+    from fercli.serve import run_serve
 
     run_serve(cfg, ws, on_model=lambda art: _ui.using(ctx, ws, art), on_ready=ready)

@@ -98,7 +98,7 @@ TEACHER_EXAMPLE = """Examples:
 
 def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Optional[Path], json_out: bool,
          **opts: Any) -> None:
-    from fercli.training import RECIPES, TeacherConfig, TrainConfig, run_train
+    from fercli.training.config import RECIPES, TeacherConfig, TrainConfig  # light: the engine (torch) comes after validation
 
     ws = _ui.state(ctx).workspace
     cls = TeacherConfig if kind == "teacher" else TrainConfig
@@ -113,6 +113,8 @@ def _run(ctx: typer.Context, kind: str, manifest: Optional[Path], config: Option
     if done is not None:  # the same command again: nothing to train
         _report_finished(ctx, ws, kind, done, json_out)
         return
+    from fercli.training import run_train
+
     progress = _ui.RichTrainProgress()
     try:
         result = run_train(cfg, ws, kind=kind, track=_ui.rich_track, progress=progress,

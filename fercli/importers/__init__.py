@@ -17,7 +17,8 @@ from fercli.errors import FerError
 from fercli.importers import affectnet, fer2013, ferplus, folder, rafdb
 from fercli.importers.base import ImportConfig, Imported
 from fercli.progress import Track, no_track
-from fercli.schema import IMPORTED_MANIFEST, SPLITS, Manifest, make_provenance, write_manifest
+from fercli.stage_configs import parse_split_renames  # light, for ImportConfig's checks; re-exported here
+from fercli.schema import IMPORTED_MANIFEST, Manifest, make_provenance, write_manifest
 from fercli.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -73,24 +74,6 @@ def load_dataset(cfg: ImportConfig, track: Track = no_track) -> Imported:
         imp.df["split"] = imp.df["split"].replace(renames)
         imp.notes.append("splits renamed: " + ", ".join(f"{o} -> {n}" for o, n in renames.items()))
     return imp
-
-
-def parse_split_renames(spec: str | None) -> dict[str, str]:
-    """``"valid=test,train=train"`` -> ``{"valid": "test", ...}``; both names must be manifest splits.
-
-    A swap such as ``valid=test,test=valid`` is allowed: renames apply at once, not in sequence.
-    """
-    if not spec:
-        return {}
-    out: dict[str, str] = {}
-    for part in spec.split(","):
-        old, sep, new = (x.strip() for x in part.partition("="))
-        if not sep or old not in SPLITS or new not in SPLITS:
-            raise FerError(f"--rename-split {spec!r}: expected OLD=NEW pairs of {', '.join(SPLITS)}, e.g. valid=test")
-        if old in out:
-            raise FerError(f"--rename-split {spec!r}: {old!r} is renamed twice")
-        out[old] = new
-    return out
 
 
 @dataclass

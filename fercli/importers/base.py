@@ -10,33 +10,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fercli.choices import IMAGE_EXTS, VIDEO_EXTS  # noqa: F401  (what fer predict treats as a video)
 from fercli.errors import FerError
+from fercli.stage_configs import ImportConfig  # noqa: F401  (light, for the command; re-exported here)
 from fercli.schema import COL_LABEL, COL_LABEL_NAME, COL_PATH, COL_SPLIT, UNLABELLED
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})  # what fer predict treats as a video
 
 
 def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTS
-
-
-@dataclass
-class ImportConfig:
-    """Options of ``fer data import`` (also used by ``fer align`` on dataset roots)."""
-
-    format: str
-    src: Path
-    out: Path | None = None  # default: the workspace's data/manifest.parquet
-    classes: int | None = None  # 7 or 8; default: the dataset's own vocabulary
-    images: str = "auto"  # rafdb: aligned | original | auto
-    images_dir: Path | None = None  # fer2013: where the PNGs are written (default: beside the manifest)
-    allow_missing: bool = False  # drop rows whose image is absent instead of failing
-    rename_splits: str | None = None  # "valid=test[,...]": e.g. keep FERPlus valid untouched for the final report
-    # folder: class folders without train/valid/test folders are split once, stratified and seeded
-    split_fractions: tuple[float, ...] = (0.8, 0.1, 0.1)  # train, valid, test
-    no_split: bool = False  # keep every image in train instead
-    split_seed: int = 0
 
 
 @dataclass

@@ -24,13 +24,37 @@ Modules: :mod:`~fercli.serve.config` (options), :mod:`~fercli.serve.app` (the ap
 :mod:`~fercli.serve.server` (:func:`run_serve`). Everything public is re-exported here.
 """
 
-from fercli.serve.app import ENDPOINTS, PredictOptions, create_app, holdout_accuracy, model_card, predict_options
-from fercli.serve.batcher import MicroBatcher
-from fercli.serve.bodies import multipart_files, read_body
+from typing import TYPE_CHECKING, Any
+
 from fercli.serve.config import ServeConfig
-from fercli.serve.problems import HTTPProblem, image_problem
 from fercli.serve.security import API_KEY_ENV, LOOPBACK_NAMES, check_api_key, is_loopback
-from fercli.serve.server import bind_port, run_serve
+
+if TYPE_CHECKING:
+    from fercli.serve.app import ENDPOINTS, PredictOptions, create_app, holdout_accuracy, model_card, predict_options
+    from fercli.serve.batcher import MicroBatcher
+    from fercli.serve.bodies import multipart_files, read_body
+    from fercli.serve.problems import HTTPProblem, image_problem
+    from fercli.serve.server import bind_port, run_serve
+
+# The app and the server import torch, OpenCV and FastAPI: loaded on first use (PEP 562), so that
+# `fer serve` builds and validates ServeConfig (light, like the security helpers) before it pays for them.
+_MODULES = {
+    "app": ("ENDPOINTS", "PredictOptions", "create_app", "holdout_accuracy", "model_card", "predict_options"),
+    "batcher": ("MicroBatcher",),
+    "bodies": ("multipart_files", "read_body"),
+    "problems": ("HTTPProblem", "image_problem"),
+    "server": ("bind_port", "run_serve"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if not any(name in names for names in _MODULES.values()):
+        raise AttributeError(f"module 'fercli.serve' has no attribute {name!r}")
+    from fercli.serve import app, batcher, bodies, problems, server
+
+    modules = {"app": app, "batcher": batcher, "bodies": bodies, "problems": problems, "server": server}
+    return getattr(next(modules[m] for m, names in _MODULES.items() if name in names), name)
+
 
 __all__ = [
     "API_KEY_ENV", "ENDPOINTS", "HTTPProblem", "LOOPBACK_NAMES", "MicroBatcher", "PredictOptions", "ServeConfig",

@@ -1,15 +1,19 @@
-"""The options of `fer serve`, checked before anything is loaded."""
+"""The options of `fer serve`, checked before anything is loaded (light: no torch, OpenCV or FastAPI)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from fercli.align.config import DEFAULT_DETECTOR, DEFAULT_MIN_SCORE
-from fercli.api import RecognizerConfig
-from fercli.calibration import TTA_MODES
+from fercli.choices import TTA_MODES
 from fercli.errors import FerError
 from fercli.serve.security import API_KEY_ENV, is_loopback
+
+if TYPE_CHECKING:
+    from fercli.api import RecognizerConfig
 
 
 @dataclass
@@ -62,6 +66,8 @@ class ServeConfig:
                            f"${API_KEY_ENV}), or bind 127.0.0.1")
 
     def recognizer_config(self) -> RecognizerConfig:
+        from fercli.api import RecognizerConfig
+
         return RecognizerConfig(model=self.model, detector=self.detector, detector_weights=self.detector_weights,
                                 min_score=self.min_score, tta=self.tta, device=self.device, threads=self.threads,
                                 runtime=self.runtime, max_faces=self.max_faces)

@@ -1,12 +1,12 @@
-"""Who may call the API: loopback binds need no key; any other bind needs one, compared in constant time."""
+"""Who may call the API: loopback binds need no key; any other bind needs one, compared in constant time.
+
+Light: :class:`fercli.serve.config.ServeConfig` checks its host with :func:`is_loopback` before anything loads."""
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
 from collections.abc import Mapping
-
-from fercli.serve.problems import HTTPProblem
 
 API_KEY_ENV = "FER_API_KEY"
 LOOPBACK_NAMES = ("localhost",)
@@ -25,6 +25,8 @@ def is_loopback(host: str) -> bool:
 def check_api_key(headers: Mapping[str, str], key: bytes | None) -> None:
     """Raise a 401 :class:`HTTPProblem` unless ``headers`` carry ``key`` (``X-API-Key`` or
     ``Authorization: Bearer``); no key configured: everyone may call."""
+    from fercli.serve.problems import HTTPProblem  # OpenCV (image problems): not needed by ServeConfig's checks
+
     if key is None:
         return
     given = headers.get("x-api-key")

@@ -15,8 +15,11 @@ DistributedDataParallel and each rank takes its share of every epoch.
 Modules: :mod:`~fercli.training.config` (recipes, options, validation), :mod:`~fercli.training.prepare`
 (data), :mod:`~fercli.training.engine` (the run's state and steps), :mod:`~fercli.training.optim`
 (schedule, EMA), :mod:`~fercli.training.history` (``metrics.csv``, ``curves.png``) and
-:mod:`~fercli.training.run` (:func:`run_train`). Everything public is re-exported here.
+:mod:`~fercli.training.run` (:func:`run_train`). Everything public is re-exported here: the config's names
+at import, the engine's on first use (no torch until then).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from fercli.training.config import (
     BALANCE_MODES,
@@ -29,11 +32,29 @@ from fercli.training.config import (
     TrainConfig,
     validate_train_config,
 )
-from fercli.training.engine import LogProgress, TrainProgress, evaluate_split
-from fercli.training.history import plot_curves
-from fercli.training.optim import build_scheduler
-from fercli.training.prepare import Prepared, prepare_data
-from fercli.training.run import TrainResult, run_train
+
+if TYPE_CHECKING:
+    from fercli.training.engine import LogProgress, TrainProgress, evaluate_split
+    from fercli.training.history import plot_curves
+    from fercli.training.optim import build_scheduler
+    from fercli.training.prepare import Prepared, prepare_data
+    from fercli.training.run import TrainResult, run_train
+
+# The engine imports torch: its names load on first use (PEP 562), so that a command builds and
+# validates its config (above, light) before it pays for torch.
+_ENGINE = {"LogProgress": "engine", "TrainProgress": "engine", "evaluate_split": "engine", "plot_curves": "history",
+           "build_scheduler": "optim", "Prepared": "prepare", "prepare_data": "prepare", "TrainResult": "run",
+           "run_train": "run"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _ENGINE:
+        raise AttributeError(f"module 'fercli.training' has no attribute {name!r}")
+    from fercli.training import engine, history, optim, prepare, run
+
+    module = {"engine": engine, "history": history, "optim": optim, "prepare": prepare, "run": run}[_ENGINE[name]]
+    return getattr(module, name)
+
 
 __all__ = [
     "BALANCE_MODES", "RECIPES", "RUN_SETTINGS", "SCHEDULES", "SELECT_METRICS", "TARGET_MODES", "LogProgress",

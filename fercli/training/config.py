@@ -1,5 +1,7 @@
 """The options of `fer train` and `fer pretrain-teacher`: recipes, the config dataclasses, their validation,
-and the settings `--resume` takes from the run itself."""
+and the settings `--resume` takes from the run itself.
+
+Light (no torch): the commands build and validate these before importing the engine."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fercli.choices import (AUGMENT_PRESETS, AUTO_AUGMENT, DEFAULT_INPUT_SIZE, KL_REDUCTIONS, LOSSES, MIX_MODES,
+                            MODEL_NAMES, LossConfig, check_input_size)
 from fercli.errors import FerError
-from fercli.losses import LossConfig
-from fercli.transforms import DEFAULT_INPUT_SIZE, check_input_size
 
 # Recipe presets; applied below workspace config, config files and flags. "paper" and the dataset
 # presets are the paper's; "ferplus-cpu" is the strong recipe for small faces (FERPlus-like 48x48
@@ -65,7 +67,7 @@ class TrainConfig:
     mix_alpha: float = 0.2  # MixUp's Beta(alpha, alpha)
     flip: float = 0.5
     shift: float = 0.0  # random translation, a fraction of the input size (paper preset; 0: the paper's flip only)
-    # the loss's options default to the loss's own defaults (fercli.losses.LossConfig)
+    # the loss's options default to the loss's own defaults (fercli.losses.LossConfig, declared in fercli.choices)
     loss: str = LossConfig.loss  # combo (eq. 6) or ce
     alpha: float = LossConfig.alpha
     beta: float = LossConfig.beta
@@ -109,17 +111,13 @@ def _finite(v: float) -> bool:
 
 def validate_train_config(cfg: TrainConfig) -> None:
     """Every option's range and choice, checked once before any data is touched (one-line FerError)."""
-    from fercli.augment import AUGMENT_PRESETS, AUTO_AUGMENT, MIX_MODES
-    from fercli.losses import KL_REDUCTIONS, LOSSES
-    from fercli.models import list_models
-
     def choice(flag: str, value: Any, options: tuple[str, ...] | list[str]) -> None:
         if value not in options:
             raise FerError(f"{flag} {value!r} is not one of {', '.join(options)}")
 
     if cfg.recipe is not None:
         choice("--recipe", cfg.recipe, tuple(RECIPES))
-    choice("--arch", cfg.arch, list_models())
+    choice("--arch", cfg.arch, MODEL_NAMES)
     choice("--sched", cfg.sched, SCHEDULES)
     choice("--balance", cfg.balance, BALANCE_MODES)
     choice("--augment", cfg.augment, AUGMENT_PRESETS)

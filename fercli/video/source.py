@@ -23,31 +23,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fercli.errors import FerError
-from fercli.importers.base import VIDEO_EXTS
+from fercli.choices import VIDEO_EXTS  # noqa: F401
+from fercli.stage_configs import (  # noqa: F401  (light, for PredictConfig's checks; re-exported here)
+    ANNOTATE_VIDEO_SUFFIXES, URL_SCHEMES, is_stream_url, is_video_input, is_video_run)
 
 log = logging.getLogger(__name__)
 
-URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 MAX_BAD_RUN = 25  # consecutive undecodable frames taken as the end of a file (or of a broken stream)
 DEFAULT_FPS = 30.0  # when the container states none (some streams, some cameras)
 
 
-ANNOTATE_VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")  # what --annotate may name for a video (mp4v in an MP4 container)
-
-
-def is_stream_url(text: str) -> bool:
-    """True for inputs OpenCV opens as a network stream (``rtsp://``, ``http://`` ...)."""
-    return text.lower().startswith(URL_SCHEMES)
-
-
-def is_video_input(text: str) -> bool:
-    """True for a stream URL or a file named like a video (``VIDEO_EXTS``)."""
-    return is_stream_url(text) or Path(text).suffix.lower() in VIDEO_EXTS
 
 
 class VideoProblem(FerError):
@@ -285,8 +274,3 @@ class FrameSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def is_video_run(pcfg: Any) -> bool:
-    """True when a :class:`fercli.predict.PredictConfig` names one video file or stream URL, or a camera."""
-    return pcfg.webcam is not None or (len(pcfg.inputs) == 1 and is_video_input(pcfg.inputs[0]))
