@@ -52,7 +52,7 @@ from fercli.training import TrainConfig, prepare_data
 from fercli.transforms import preset_from_meta
 from fercli.workspace import Workspace
 
-NEW_NAME = "ferplus8_lfer_v3_fp16.pt"
+NEW_NAME = "ferplus8_lfer_v4_fp16.pt"
 # tau < 0 moves a re-balanced model back toward accuracy; steps of 1/8 (one forward pass per alpha, so cheap)
 TAUS = tuple(i / 8 for i in range(-4, 13))
 ALPHAS = tuple(i / 8 for i in range(9))

@@ -8,10 +8,12 @@ Without bundled.json, report.py keeps the previous model's card as it is.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import _common as c
+import recipe
 from report import pct, replace_block
 from report_recipe import (
     classes_text,
@@ -106,6 +108,13 @@ def _targets_of(r: dict) -> str:
             "none": "combo loss (eq. 6) on the majority label"}.get(t, str(t))
 
 
+def _start_of(run: str) -> str:
+    """How a run of the study began: from scratch, or from the weights its command's --init names."""
+    r = c.read_result(recipe.RESULTS / f"{run}.json") or {}
+    m = re.search(r"--init (\S+)", r.get("command", ""))
+    return f"initialised from `{m.group(1)}`" if m else "from scratch"
+
+
 def _optimisation_row(b: dict) -> str:
     r = b.get("recipe") or {}
     interp = (b.get("holdout") or {}).get("interpolation")
@@ -114,7 +123,7 @@ def _optimisation_row(b: dict) -> str:
     base = interp["base_run"].rsplit("/", 1)[-1]
     tuned = b["source_run"].rsplit("/", 1)[-1]
     balance = {"sampler": "class-balanced draws", "logit-adjust": "a logit-adjusted loss"}.get(r.get("balance"), "")
-    return (f"| optimisation | `experiments/protocol_recipe.toml`: `{base}` from scratch ({_recipe_text(interp['base_recipe'])}); "
+    return (f"| optimisation | `experiments/protocol_recipe.toml`: `{base}` {_start_of(base)} ({_recipe_text(interp['base_recipe'])}); "
             f"`{tuned}` fine-tunes it ({_recipe_text(r)}{', ' + balance if balance else ''}, best epoch by holdout "
             f"{'mean per-class accuracy' if r.get('select') == 'mean-class' else 'accuracy'}); the shipped weights are "
             f"(1 − α)·`{base}` + α·`{tuned}` with α = {interp['alpha']:g} |")
@@ -363,8 +372,8 @@ def previous_block(old: dict | None) -> str:
     low, cls = lowest_recall(e8)
     path = c.ROOT / old["file"]
     r = old.get("recipe") or {}
-    return (f"`{Path(old['file']).name}` ({old['bytes'] / 1e6:.2f} MB, sha256 `{old['sha256'][:16]}...`), the bundled "
-            f"model before this one: `lfer` + the 20-epoch teacher's distributions, trained {r.get('epochs', '?')} "
+    return (f"`{Path(old['file']).name}` ({old['bytes'] / 1e6:.2f} MB, sha256 `{old['sha256'][:16]}...`), the first "
+            f"bundled model, the one issue 13 set out to replace: `lfer` + the 20-epoch teacher's distributions, trained {r.get('epochs', '?')} "
             f"epochs with `experiments/protocol.toml` (step lr, flip + shift, no EMA, no calibration; run "
             f"`{old['source_run']}`). FERPlus valid: {pct(e8['accuracy'])}% (8 classes), {pct(e7['accuracy'])}% (7), "
             f"mean per-class {pct(e8['mean_class_accuracy'])}%, macro-F1 {pct(e8['macro_f1'])}%, lowest per-class "
