@@ -129,7 +129,8 @@ def _render(rep: dict[str, Any]) -> None:
                         _x(r.get("ort_speedup")))
         _ui.out.print(lat)
         _ui.out.print("All models and backends of one batch size were timed interleaved. MB: the ONNX file (float32 "
-                      "weights for eager and torchscript); vs 1st: median / the first model's on the same backend; "
+                      "weights for eager and torchscript); vs 1st: median / the first model's on the same backend, "
+                      "input size and batch (a checkpoint at its own input size is its own 1st); "
                       "vs eager: the eager median / this one; vs ort: the float32 ONNX Runtime median / this one.",
                       highlight=False)
     for s in rep["skipped"]:
