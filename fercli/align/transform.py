@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fercli.align.config import check_geometry  # noqa: F401  (declared light, for the configs)
+from fercli.align.config import DEFAULT_SIZE, check_geometry  # noqa: F401  (check_geometry: declared light, for the configs)
 
 ARCFACE_112 = np.array(
     [
@@ -35,7 +35,7 @@ ARCFACE_112 = np.array(
 LANDMARK_WEIGHTS = (4.0, 4.0, 2.0, 1.0, 1.0)
 
 
-def template(size: int = 224, margin: float = 0.0) -> np.ndarray:
+def template(size: int = DEFAULT_SIZE, margin: float = 0.0) -> np.ndarray:
     """The five template points (5x2, x/y in pixels) for a ``size`` x ``size`` crop."""
     scale = size / 112.0 / (1.0 + 2.0 * margin)
     return (ARCFACE_112 - 56.0) * scale + size / 2.0
@@ -107,13 +107,13 @@ def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def alignment_matrix(landmarks: np.ndarray, size: int = 224, margin: float = 0.0,
+def alignment_matrix(landmarks: np.ndarray, size: int = DEFAULT_SIZE, margin: float = 0.0,
                      weights: tuple[float, ...] | None = LANDMARK_WEIGHTS) -> np.ndarray:
     """The 2x3 matrix taking the five ``landmarks`` (image pixels) onto the scaled template."""
     return similarity_transform(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), template(size, margin), weights)
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 224, margin: float = 0.0,
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = DEFAULT_SIZE, margin: float = 0.0,
                weights: tuple[float, ...] | None = LANDMARK_WEIGHTS) -> np.ndarray:
     """Crop ``image`` so the five ``landmarks`` land on the ArcFace template at ``size`` x ``size``.
 
@@ -123,7 +123,7 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 224, margin
     return _warp(image, alignment_matrix(landmarks, size, margin, weights), size)
 
 
-def box_crop(image: np.ndarray, box: np.ndarray, size: int = 224, margin: float = 0.0) -> np.ndarray:
+def box_crop(image: np.ndarray, box: np.ndarray, size: int = DEFAULT_SIZE, margin: float = 0.0) -> np.ndarray:
     """Square crop around a face box (x, y, w, h in pixels), ``margin`` of its side added all round.
 
     Used when a manifest has a face box but no landmarks (``--detector landmarks``).
@@ -138,7 +138,7 @@ def box_crop(image: np.ndarray, box: np.ndarray, size: int = 224, margin: float 
     return _warp(image, matrix, size)
 
 
-def resize_face(image: np.ndarray, size: int = 224) -> np.ndarray:
+def resize_face(image: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
     """``--detector none``: the image is already an aligned face; only resize it to ``size``."""
     h, w = image.shape[:2]
     if (h, w) == (size, size):
