@@ -54,8 +54,11 @@ def run(ctx: typer.Context, cfg: Any, ws: Any, *, json_out: bool, csv_out: bool,
         _ui.print_json(res.to_dict())
     else:
         short = {c: c[:3] for c in rec.classes}
+        # "seen" is the time a track's frames cover (each frame lasts until the next), so it runs one frame
+        # past "to" (the last frame's start); a new user read 3.00 against 0.00-2.96 as an error
         table = Table(title=f"{len(res.tracks)} track(s) in {res.frames} frame(s) of {info.name} "
-                            f"(smoothing half-life {cfg.smooth:g} s)")
+                            f"(smoothing half-life {cfg.smooth:g} s)",
+                      caption="from/to: first and last frame's time; seen: time its frames cover")
         for col in ("track", "from (s)", "to (s)", "seen (s)", "dominant", "time share"):
             table.add_column(col)
         for t in res.tracks:
