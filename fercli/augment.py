@@ -30,7 +30,6 @@ from fercli.choices import AUGMENT_PRESETS, AUTO_AUGMENT, MIX_MODES  # noqa: F40
 from fercli.errors import FerError
 
 
-
 def build_augment(preset: str, size: int, flip: float = 0.5, shift: float = 0.0,
                   auto: str = "none") -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-face transform of ``preset`` for uint8 ``(3, size, size)`` tensors."""

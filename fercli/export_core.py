@@ -119,8 +119,6 @@ def ort_session(data: bytes | str | os.PathLike[str], threads: int | None = None
     return ort.InferenceSession(data if isinstance(data, bytes) else str(data), so, providers=providers)
 
 
-
-
 class _Input:
     def __init__(self, name: str) -> None:
         self.name = name
@@ -246,8 +244,6 @@ def check_onnx_parity(data: bytes, model: nn.Module, meta: dict[str, Any], cfg: 
         raise FerError(f"{name}: onnx export differs from eager PyTorch by {worst:.3g} "
                        f"(max abs logit difference, tolerance {tolerance:g}); nothing was written")
     return parity
-
-
 
 
 def read_export_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -72,8 +72,6 @@ def combo_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.5, b
     return alpha * weighted_ce(probs, onehot, beta) - (1 - alpha) * dice(probs, onehot, eps)
 
 
-
-
 class LFERLoss(torch.nn.Module):
     """``kl_weight * KL(target || softmax) + (combo | ce)(labels)``; returns the total and its parts.
 

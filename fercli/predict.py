@@ -33,7 +33,6 @@ from fercli.stage_configs import PredictConfig  # light, for the command; re-exp
 from fercli.workspace import Artifact, Workspace
 
 
-
 @dataclass
 class ImageResult:
     input: str

@@ -17,9 +17,10 @@ and `fer align`'s run: :mod:`~fercli.align.runner` with :mod:`~fercli.align.data
 :mod:`~fercli.align.journal` and :mod:`~fercli.align.outputs`.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fercli.align.config import AlignConfig
+from fercli.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from fercli.align.detectors import DETECTORS, RetinaFaceDetector, load_detector, resolve_device
@@ -43,15 +44,7 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if not any(name in names for names in _MODULES.values()):
-        raise AttributeError(f"module 'fercli.align' has no attribute {name!r}")
-    from fercli.align import detectors, faces, imageio, runner, sources, transform
-
-    modules = {"detectors": detectors, "faces": faces, "imageio": imageio, "runner": runner, "sources": sources,
-               "transform": transform}
-    return getattr(next(modules[m] for m, names in _MODULES.items() if name in names), name)
-
+__getattr__ = lazy_exports(__name__, _MODULES)
 
 __all__ = [
     "ARCFACE_112", "DETECTORS", "LANDMARK_WEIGHTS", "AlignConfig", "AlignResult", "Face", "ImageProblem",

@@ -16,7 +16,6 @@ from fercli.stage_configs import ImportConfig  # noqa: F401  (light, for the com
 from fercli.schema import COL_LABEL, COL_LABEL_NAME, COL_PATH, COL_SPLIT, UNLABELLED
 
 
-
 def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTS
 

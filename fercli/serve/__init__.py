@@ -24,8 +24,9 @@ Modules: :mod:`~fercli.serve.config` (options), :mod:`~fercli.serve.app` (the ap
 :mod:`~fercli.serve.server` (:func:`run_serve`). Everything public is re-exported here.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fercli.lazy import lazy_exports
 from fercli.serve.config import ServeConfig
 from fercli.serve.security import API_KEY_ENV, LOOPBACK_NAMES, check_api_key, is_loopback
 
@@ -47,14 +48,7 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if not any(name in names for names in _MODULES.values()):
-        raise AttributeError(f"module 'fercli.serve' has no attribute {name!r}")
-    from fercli.serve import app, batcher, bodies, problems, server
-
-    modules = {"app": app, "batcher": batcher, "bodies": bodies, "problems": problems, "server": server}
-    return getattr(next(modules[m] for m, names in _MODULES.items() if name in names), name)
-
+__getattr__ = lazy_exports(__name__, _MODULES)
 
 __all__ = [
     "API_KEY_ENV", "ENDPOINTS", "HTTPProblem", "LOOPBACK_NAMES", "MicroBatcher", "PredictOptions", "ServeConfig",

@@ -19,8 +19,9 @@ Modules: :mod:`~fercli.training.config` (recipes, options, validation), :mod:`~f
 at import, the engine's on first use (no torch until then).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fercli.lazy import lazy_exports
 from fercli.training.config import (
     BALANCE_MODES,
     RECIPES,
@@ -42,19 +43,14 @@ if TYPE_CHECKING:
 
 # The engine imports torch: its names load on first use (PEP 562), so that a command builds and
 # validates its config (above, light) before it pays for torch.
-_ENGINE = {"LogProgress": "engine", "TrainProgress": "engine", "evaluate_split": "engine", "plot_curves": "history",
-           "build_scheduler": "optim", "Prepared": "prepare", "prepare_data": "prepare", "TrainResult": "run",
-           "run_train": "run"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _ENGINE:
-        raise AttributeError(f"module 'fercli.training' has no attribute {name!r}")
-    from fercli.training import engine, history, optim, prepare, run
-
-    module = {"engine": engine, "history": history, "optim": optim, "prepare": prepare, "run": run}[_ENGINE[name]]
-    return getattr(module, name)
-
+_MODULES = {
+    "engine": ("LogProgress", "TrainProgress", "evaluate_split"),
+    "history": ("plot_curves",),
+    "optim": ("build_scheduler",),
+    "prepare": ("Prepared", "prepare_data"),
+    "run": ("TrainResult", "run_train"),
+}
+__getattr__ = lazy_exports(__name__, _MODULES)
 
 __all__ = [
     "BALANCE_MODES", "RECIPES", "RUN_SETTINGS", "SCHEDULES", "SELECT_METRICS", "TARGET_MODES", "LogProgress",

@@ -37,8 +37,6 @@ MAX_BAD_RUN = 25  # consecutive undecodable frames taken as the end of a file (o
 DEFAULT_FPS = 30.0  # when the container states none (some streams, some cameras)
 
 
-
-
 class VideoProblem(FerError):
     """A video that cannot be read at all: ``status`` (fercli.imagestatus's vocabulary) and a reason."""
 
