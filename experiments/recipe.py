@@ -80,6 +80,20 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     "lfer_up96_sqrt": ("lfer_up96", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
                                         "--input-size", 96, "--balance", "sqrt", "--lr", 0.005,
                                         "--warmup-epochs", 0, "--select", "mean-class"]),
+    # v4 (lfer_up96_bal) loses 15-16 points to Gaussian noise, the robustness suite's one regression against
+    # the first bundled model. The `robust` preset adds the degradations of real cameras and uploads (blur,
+    # sensor noise, JPEG, occlusion) to `light`. Note that these overlap the suite's corruptions (as `light`'s
+    # affine and jitter already overlap its crops, rotations and lighting): docs/RESULTS.md says which.
+    # Two routes: lfer_up96 made robust and then re-balanced, and v4 itself re-balanced further under `robust`.
+    "lfer_up96_rob": ("lfer_up96", 10, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
+                                        "--input-size", 96, "--augment", "robust", "--lr", 0.01,
+                                        "--warmup-epochs", 1]),
+    "lfer_up96_rob_bal": ("lfer_up96_rob", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
+                                               "--input-size", 96, "--augment", "robust", "--balance", "sampler",
+                                               "--lr", 0.005, "--warmup-epochs", 0, "--select", "mean-class"]),
+    "lfer_up96_bal_rob": ("lfer_up96_bal", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
+                                               "--input-size", 96, "--augment", "robust", "--balance", "sampler",
+                                               "--lr", 0.005, "--warmup-epochs", 0, "--select", "mean-class"]),
 }
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
 

@@ -14,6 +14,10 @@ Presets (``--augment``):
 * ``strong``: flip, random resized crop (scale 0.6-1, so faces come looser or tighter than the
   dataset's crops, as real detections do), rotation 15 degrees, brightness/contrast 0.4, occasional
   blur or JPEG, grayscale, and random erasing (occlusion).
+* ``robust``: ``light``'s geometry and lighting, then the degradations of real cameras and uploads:
+  blur, sensor noise (one noise plane for a gray face, as a gray sensor makes), JPEG, and occlusion.
+  For fine-tuning a model that is already accurate on clean crops (the bundled model): ``strong``'s
+  crops and erasing from scratch cost the small students accuracy (docs/RESULTS.md).
 
 ``--auto-augment trivialwide|randaugment`` inserts an automatic policy before erasing;
 ``--mix mixup|cutmix|both`` mixes images and targets across the batch (:func:`mix_batch`).
@@ -30,6 +34,25 @@ from fercli.choices import AUGMENT_PRESETS, AUTO_AUGMENT, MIX_MODES  # noqa: F40
 from fercli.errors import FerError
 
 
+class RandomGaussianNoise(v2.Transform):
+    """Additive Gaussian noise with a standard deviation drawn per face from ``sigma`` (fractions of the
+    pixel range), via ``v2.functional.gaussian_noise``. A gray face (three equal channels) gets one noise
+    plane, so it stays gray: per-channel noise would show a gray-trained model colour it never sees."""
+
+    def __init__(self, sigma: tuple[float, float]) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"sigma": float(torch.empty(()).uniform_(*self.sigma))}
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        gray = bool((inpt[..., :1, :, :] == inpt).all())
+        src = inpt[..., :1, :, :] if gray else inpt
+        out = v2.functional.gaussian_noise(src, sigma=params["sigma"])
+        return out.expand_as(inpt).clone() if gray else out
+
+
 def build_augment(preset: str, size: int, flip: float = 0.5, shift: float = 0.0,
                   auto: str = "none") -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-face transform of ``preset`` for uint8 ``(3, size, size)`` tensors."""
@@ -41,9 +64,14 @@ def build_augment(preset: str, size: int, flip: float = 0.5, shift: float = 0.0,
     if preset == "paper":
         if shift > 0:
             ops.append(v2.RandomAffine(degrees=0, translate=(shift, shift)))
-    elif preset == "light":
+    elif preset in ("light", "robust"):
         ops += [v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
                 v2.ColorJitter(brightness=0.3, contrast=0.3)]
+        if preset == "robust":  # in the order a camera and an upload apply them
+            ops += [v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 3.0))], p=0.25),
+                    v2.RandomApply([RandomGaussianNoise((0.02, 0.2))], p=0.3),
+                    v2.RandomApply([v2.JPEG((15, 90))], p=0.2),
+                    v2.RandomErasing(p=0.25, scale=(0.02, 0.15), value=0)]
     else:  # strong
         ops += [v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(0.85, 1.15), antialias=True),
                 v2.RandomAffine(degrees=15),
@@ -93,4 +121,5 @@ def mix_batch(x: torch.Tensor, mode: str, alpha: float, seed: int) -> torch.Tens
     return m.to(torch.float32)
 
 
-__all__ = ["AUGMENT_PRESETS", "AUTO_AUGMENT", "MIX_MODES", "augment_batch", "build_augment", "mix_batch"]
+__all__ = ["AUGMENT_PRESETS", "AUTO_AUGMENT", "MIX_MODES", "RandomGaussianNoise", "augment_batch", "build_augment",
+           "mix_batch"]

@@ -20,7 +20,7 @@ from fercli.errors import FerError
 MODEL_NAMES = ("shufflenet_v2", "lfer_head", "lfer", "resnet18", "resnet50")
 
 # fercli.augment: --augment, --auto-augment and --mix.
-AUGMENT_PRESETS = ("paper", "light", "strong")
+AUGMENT_PRESETS = ("paper", "light", "strong", "robust")
 AUTO_AUGMENT = ("none", "trivialwide", "randaugment")
 MIX_MODES = ("none", "mixup", "cutmix", "both")
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from _fab import make_ferplus
 from typer.testing import CliRunner
 
-from fercli.augment import AUGMENT_PRESETS, augment_batch, build_augment, mix_batch
+from fercli.augment import AUGMENT_PRESETS, RandomGaussianNoise, augment_batch, build_augment, mix_batch
 from fercli.checkpoint import load_checkpoint
 from fercli.classes import CLASSES_7
 from fercli.cli import app
@@ -50,6 +50,34 @@ def test_strong_preset_erases_and_changes_geometry():
     x = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
     y = augment_batch(x, build_augment("strong", 32, flip=0.0), seed=1)
     assert (y == 0).flatten(1).any(1).float().mean() > 0.2  # random erasing (and rotation corners) black out pixels
+
+
+def test_sensor_noise_keeps_a_gray_face_gray_and_draws_its_strength_per_face():
+    gray = torch.full((3, 32, 32), 128, dtype=torch.uint8)
+    colour = torch.stack([torch.full((32, 32), v, dtype=torch.uint8) for v in (60, 128, 200)])
+    noise = RandomGaussianNoise((0.02, 0.2))
+    torch.manual_seed(0)
+    outs = [noise(gray) for _ in range(16)]
+    for y in outs:
+        assert y.dtype == torch.uint8 and torch.equal(y[0], y[1]) and torch.equal(y[1], y[2])  # one plane
+        assert (y != 128).any()
+    spreads = sorted(float(y[0].float().std()) for y in outs)
+    assert spreads[-1] > 2 * spreads[0]  # sigma differs from face to face, within the range
+    assert 0.02 * 255 * 0.7 < spreads[0] and spreads[-1] < 0.2 * 255 * 1.1
+    y = noise(colour)
+    assert not torch.equal(y[0] - 60, y[2] - 200)  # a colour face gets noise per channel
+
+
+def test_robust_preset_adds_noise_blur_and_occlusion():
+    x = torch.full((64, 3, 32, 32), 150, dtype=torch.uint8)
+    y = augment_batch(x, build_augment("robust", 32, flip=0.0), seed=1)
+    # the affine's fill blackens corners and edges only; in the centre, black is erasing
+    centre = y[:, 0, 8:24, 8:24].float().flatten(1)
+    erased = (centre == 0).any(1)
+    # noise: a spread far beyond what jitter, blur or JPEG make of a flat face
+    noisy = torch.stack([c[c > 0].std() if (c > 0).sum() > 10 else torch.tensor(0.0) for c in centre]) > 4
+    assert 0.05 < erased.float().mean() < 0.4 and 0.15 < noisy.float().mean() < 0.5
+    assert all(torch.equal(img[0], img[1]) for img in y)  # gray stays gray
 
 
 def test_mixup_matrix_describes_the_mixed_images():
