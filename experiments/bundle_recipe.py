@@ -53,6 +53,7 @@ from fercli.transforms import preset_from_meta
 from fercli.workspace import Workspace
 
 NEW_NAME = "ferplus8_lfer_v4_fp16.pt"
+REPLACES = "ferplus8_lfer_v3_fp16.pt"  # the default NEW_NAME replaces (its robustness is compared too)
 # tau < 0 moves a re-balanced model back toward accuracy; steps of 1/8 (one forward pass per alpha, so cheap)
 TAUS = tuple(i / 8 for i in range(-4, 13))
 ALPHAS = tuple(i / 8 for i in range(9))
@@ -170,8 +171,9 @@ def summary_of(found: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path, robustness: bool = True,
-          searched: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fold the chosen operating point into the run's weights, export, score and compare robustness."""
+          searched: dict[str, Any] | None = None, replaces: Path | None = None) -> dict[str, Any]:
+    """Fold the chosen operating point into the run's weights, export, score and compare robustness with
+    ``previous`` (the first bundled model, issue 13's baseline) and ``replaces`` (the default it replaces)."""
     name, source, ckpt, model, base_name = found["name"], found["source"], found["ckpt"], found["model"], found["base_name"]
     tuned_state, base_state, prior, y = found["tuned_state"], found["base_state"], found["prior"], found["y"]
     grid, g, point, rule, base_ckpt = found["grid"], found["g"], found["point"], found["rule"], found["base_ckpt"]
@@ -208,7 +210,10 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
     valid = c.fer("eval", c.MANIFEST8, "--model", source, "--split", "test", "--tta", tta, "--out", work / "source8",
                   "--json", logfile=logfile)
     robust: dict[str, Any] = {}
-    for label, model_path in (("new", dest), ("previous", previous)):
+    compared = [("new", dest), ("previous", previous)]
+    if replaces is not None and replaces.is_file() and replaces.resolve() not in (dest, previous):
+        compared.append(("replaced", replaces))
+    for label, model_path in compared:
         robust[label] = run_robustness(model_path, c.MANIFEST8, "test", out=work / f"robustness-{label}", ws=ws,
                                        track=no_track) if robustness else None
     return {
@@ -235,6 +240,7 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
                                                                for n, e in v["corruptions"].items()},
                            "summary": v["summary"], "model": v["model"]} for k, v in robust.items() if v},
         "previous": {"file": previous.name, "sha256": sha256_file(previous)},
+        **({"replaced": {"file": replaces.name, "sha256": sha256_file(replaces)}} if "replaced" in robust else {}),
         **scores,
     }
 
@@ -248,6 +254,8 @@ def main() -> None:
     p = c.parser(__doc__)
     p.add_argument("--previous", type=Path, default=bundle.FIRST_MODEL, help="the model to compare robustness with")
     p.add_argument("--run", help="bundle this run instead of the best holdout candidate")
+    p.add_argument("--replaces", type=Path, default=BUNDLED_MODEL.parent / REPLACES,
+                   help="the default model the new one replaces, also compared on robustness")
     p.add_argument("--dest", type=Path, default=BUNDLED_MODEL.parent / NEW_NAME, help="where the bundled file goes")
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness comparison (smoke tests)")
     opts = p.parse_args()
@@ -266,7 +274,7 @@ def main() -> None:
     name = max(found, key=lambda n: (found[n]["meets_floors"], found[n]["point"]["accuracy"]))
     searched = {n: summary_of(f) for n, f in found.items()} if len(found) > 1 else None
     result = build(found[name], runs[name], opts.previous.resolve(), opts.dest.resolve(), not opts.no_robustness,
-                   searched)
+                   searched, opts.replaces.resolve())
     c.write_result(recipe.RESULTS / "bundled.json", result)
     c.log.info("bundled %s from %s: FERPlus valid %.4f (8), mean per-class %.4f; %.2f MB", result["file"], name,
                result["ferplus_valid_8"]["accuracy"], result["ferplus_valid_8"]["mean_class_accuracy"],

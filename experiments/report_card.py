@@ -284,71 +284,81 @@ def calibration_block(b: dict) -> str:
     return "\n".join(lines)
 
 
-def robustness_block(b: dict, img: Path) -> str:
+def _compared(b: dict) -> list[tuple[str, dict]]:
+    """The models the new one is compared with on robustness: (file name, report), the default it
+    replaced first, then the first bundled model (issue 13's baseline)."""
     rob = b.get("robustness") or {}
-    new, prev = rob.get("new"), rob.get("previous")
+    out = []
+    for key in ("replaced", "previous"):
+        if rob.get(key):
+            out.append(((b.get(key) or {}).get("file", key), rob[key]))
+    return out
+
+
+def robustness_block(b: dict, img: Path) -> str:
+    new = (b.get("robustness") or {}).get("new")
     if not new:
         return "_Not measured (`experiments/bundle_recipe.py` was run with `--no-robustness`)._"
-    prev_name = (b.get("previous") or {}).get("file", "previous")
+    others = _compared(b)
     head = "| FERPlus valid, 8 classes | new: accuracy (%) | mean per-class (%) |"
     sep = "|---|---:|---:|"
-    if prev:
-        head += f" previous (`{prev_name}`): accuracy (%) | mean per-class (%) | new − previous (points) |"
-        sep += "---:|---:|---:|"
+    for name, _ in others:
+        head += f" `{name}`: accuracy (%) | new − it (points) |"
+        sep += "---:|---:|"
     lines = [head, sep]
 
-    def row(label: str, n: dict, p: dict | None) -> str:
+    def row(label: str, n: dict, ps: list[dict | None]) -> str:
         out = f"| {label} | {pct(n['accuracy'])} | {pct(n['mean_class_accuracy'])} |"
-        if prev:
-            out += (f" {pct(p['accuracy'])} | {pct(p['mean_class_accuracy'])} | {points(n['accuracy'] - p['accuracy'])} |"
-                    if p else " — | — | — |")
+        for p in ps:
+            out += f" {pct(p['accuracy'])} | {points(n['accuracy'] - p['accuracy'])} |" if p else " — | — |"
         return out
 
-    lines.append(row("clean", new["clean"], prev["clean"] if prev else None))
+    lines.append(row("clean", new["clean"], [o["clean"] for _, o in others]))
     for name, e in new["corruptions"].items():
-        lines.append(row(name, e, (prev or {}).get("corruptions", {}).get(name)))
-    ns, ps = new["summary"], (prev or {}).get("summary")
+        lines.append(row(name, e, [o.get("corruptions", {}).get(name) for _, o in others]))
 
     def mean(s: dict) -> dict:
         return {"accuracy": s["mean_accuracy"], "mean_class_accuracy": s.get("mean_mean_class_accuracy", float("nan"))}
 
-    lines.append(row("**mean over the corruptions**", mean(ns), mean(ps) if ps else None))
+    lines.append(row("**mean over the corruptions**", mean(new["summary"]), [mean(o["summary"]) for _, o in others]))
+    ns = new["summary"]
     worst = f"| worst | {ns['worst']}: {pct(ns['worst_accuracy'])} | |"
-    if prev:
-        worst += f" {ps['worst']}: {pct(ps['worst_accuracy'])} | | |" if ps else " — | | |"
-    lines += [worst, "", ("Both models on byte-identical corrupted images (`fercli.robustness`: the same manifest, "
+    for _, o in others:
+        worst += f" {o['summary']['worst']}: {pct(o['summary']['worst_accuracy'])} | |"
+    lines += [worst, "", ("All models on byte-identical corrupted images (`fercli.robustness`: the same manifest, "
                           "split, seed and cache), each with its own preprocessing, temperature and TTA.")]
-    plot_robustness(new, prev, prev_name, img / "recipe_robustness.png")
+    plot_robustness(new, others, img / "recipe_robustness.png")
     lines += ["", "![robustness, new vs previous](img/recipe_robustness.png)"]
     return "\n".join(lines)
 
 
-def plot_robustness(new: dict, prev: dict | None, prev_name: str, dest: Path) -> None:
-    """Accuracy per corruption, the new model next to the previous one."""
+def plot_robustness(new: dict, others: list[tuple[str, dict]], dest: Path) -> None:
+    """Accuracy per corruption, the new model next to the ones it is compared with."""
     names = ["clean", *new["corruptions"], "mean"]
 
     def accs(rep: dict) -> list[float]:
         return ([rep["clean"]["accuracy"]] + [rep["corruptions"].get(n, {}).get("accuracy", float("nan"))
                                               for n in new["corruptions"]] + [rep["summary"]["mean_accuracy"]])
 
-    fig, ax = subplots((7.0, 1.6 + 0.36 * len(names)))
-    h = 0.4 if prev else 0.7
+    series = [("new (bundled)", new, "tab:blue"),
+              *((name, rep, color) for (name, rep), color in zip(others, ("tab:orange", "tab:gray")))]
+    fig, ax = subplots((7.0, 1.6 + (0.24 + 0.12 * len(series)) * len(names)))
+    h = 0.8 / len(series)
     ys = list(range(len(names)))
-    bars = [([y - (h / 2 if prev else 0) for y in ys], accs(new), "tab:blue", "new (bundled)")]
-    if prev:
-        bars.append(([y + h / 2 for y in ys], accs(prev), "tab:gray", f"previous ({prev_name})"))
-    for y, a, color, label in bars:
+    for i, (label, rep, color) in enumerate(series):
+        y = [v - 0.4 + h * (i + 0.5) for v in ys]
+        a = accs(rep)
         ax.barh(y, [100 * v for v in a], h, color=color, label=label)
         for yi, v in zip(y, a):  # inside the bar's end, or just past it when the bar is short
             inside = v > 0.1
             ax.text(100 * v + (-1 if inside else 1), yi, f"{100 * v:.1f}", va="center", ha="right" if inside else "left",
-                    color="white" if inside else "black", fontsize=7)
+                    color="white" if inside else "black", fontsize=6)
     ax.set_yticks(ys, names, fontsize=8)
     ax.invert_yaxis()
     ax.set(xlim=(0, 100), xlabel="accuracy on FERPlus valid, 8 classes (%)", title="Robustness: identical corrupted inputs")
     ax.axvline(75, color="tab:red", lw=0.8, ls=":", label="issue 13: mean ≥ 75%")
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14 * 6 / (1.2 + 0.36 * len(names))), ncol=3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2)
     save_png(fig, dest)
 
 

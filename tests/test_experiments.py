@@ -235,7 +235,7 @@ def test_model_card_for_the_new_model_keeps_the_previous_one_as_a_note(tmp_path:
     assert "| neutral | 1180 | 36.98 | 100.00 | 53.99 |" in blocks["v2-valid"]  # precision, recall, F1
     assert "| before (T = 1) | 1 | 0.2187 | 1.9995 |" in blocks["v2-calibration"]
     assert "| after (T fitted on the holdout) | 0.178 | 0.0789 | 1.8535 |" in blocks["v2-calibration"]
-    assert "| clean | 86.00 | 55.00 | 80.00 | 55.00 | +6.00 |" in blocks["v2-robustness"]
+    assert "| clean | 86.00 | 55.00 | 80.00 | +6.00 |" in blocks["v2-robustness"]
     assert "| **mean over the corruptions** | 76.00 |" in blocks["v2-robustness"]
     assert "| 0 | 34.85 | +0.00 | 12.50 | 0.00 | **chosen** |" in blocks["v2-choice"]
     assert "| `lfer_mix` (chosen) | 34.85 |" in blocks["v2-choice"] and "TTA" in blocks["v2-choice"]
@@ -247,6 +247,12 @@ def test_model_card_for_the_new_model_keeps_the_previous_one_as_a_note(tmp_path:
     assert report_card.model_card(card, b, old, tmp_path) == card
     edited = card.replace("## Intended use\n", "## Intended use\n\nA hand-written note.\n")
     assert "A hand-written note." in report_card.model_card(edited, b, old, tmp_path)
+    # the default it replaces, when measured, comes first, beside the first bundled model
+    b["robustness"]["replaced"] = _robustness(0.83)
+    b["replaced"] = {"file": "ferplus8_lfer_v4_fp16.pt", "sha256": "0" * 64}
+    block = report_card.robustness_block(b, tmp_path)
+    assert "| `ferplus8_lfer_v4_fp16.pt`: accuracy (%) | new − it (points) | `ferplus8_lfer_ldl_fp16.pt`:" in block
+    assert "| clean | 86.00 | 55.00 | 83.00 | +3.00 | 80.00 | +6.00 |" in block
     del b["robustness"]
     assert "Not measured" in report_card.robustness_block(b, tmp_path)
 
