@@ -246,6 +246,7 @@ def self_labels(device: str) -> dict[str, Any]:
         cmd = ["gen-labels", c.MANIFEST8, "--teacher", teacher_ckpt, "--out", SELF_LABELS, "--flip",
                "--device", device]
         summary = c.fer(*cmd, "--json", logfile=c.WS / "logs" / EXP / "self_labels.log")
+        summary["out"] = _rel(SELF_LABELS)  # not this machine's path
         result = {"experiment": EXP, "run": f"self-labels-{SELF_TEACHER}", "teacher": f"{EXP}/{SELF_TEACHER}",
                   "command": "fer " + " ".join(_rel(a) for a in cmd), "gen_labels": summary}
         c.write_result(dest, result)

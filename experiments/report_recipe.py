@@ -407,7 +407,8 @@ def _targets_text(r: dict) -> str:
     if t == "mix":
         m = re.search(r"--target-mix (\S+)", r.get("command", ""))
         w = float(m.group(1)) if m else 0.5
-        return f"{w:g} × votes + {1 - w:g} × teacher"
+        own = re.search(r"--labels \S*recipe-self-(\S+?)\.parquet", r.get("command", ""))  # self-distillation
+        return f"{w:g} × votes + {1 - w:g} × " + (f"`{own.group(1)}`" if own else "teacher")
     return {"votes": "crowd votes", "teacher": "teacher", "none": "single labels"}.get(t, t)
 
 
