@@ -47,15 +47,14 @@ COMPARE: dict[str, list[Any]] = {
     "lfer_ldl": ["--arch", "lfer", "--labels", LABELS, "--targets", "teacher"],
 }
 # candidates for the bundled model (seed 0, longer)
+MIX = ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5, "--weight-decay", 1e-4]
 CANDIDATES: dict[str, list[Any]] = {
     "lfer_votes": ["--arch", "lfer", "--targets", "votes"],
     # lfer_votes ended at 81% train accuracy (augmented) against 80.6% on the holdout: underfitting, not
     # overfitting, so this candidate also lowers weight decay to the old protocol's 1e-4
-    "lfer_mix": ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
-                 "--weight-decay", 1e-4],
+    "lfer_mix": [*MIX],
     # the input-size lever: at 64 px the last ShuffleNet stage sees a 2x2 map; 96 px costs ~2.25x per epoch
-    "lfer_mix96": ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
-                   "--weight-decay", 1e-4, "--input-size", 96],
+    "lfer_mix96": [*MIX, "--input-size", 96],
     # lfer_mix96 from scratch again, its targets half crowd votes and half the distributions of lfer_up96
     # (FERPlus valid 84.71%, against the lost ResNet-18 teacher's 82.54%; agreement with the majority label
     # on train 88.8% against 85.2%): the teacher that needs no 1.5 CPU h of ResNet training (born-again
@@ -67,42 +66,36 @@ CANDIDATES: dict[str, list[Any]] = {
 # lfer_mix toward the rare classes (class-balanced draws at a tenth of the learning rate, the classifier
 # re-balancing stage of Kang et al. 2020 applied to the whole network), its best epoch chosen on the
 # holdout's mean per-class accuracy
+VOTES96 = ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4, "--input-size", 96]
+
+
+def rebalance(mode: str, lr: float) -> list[Any]:
+    """The options of a re-balancing fine-tune: ``--balance mode`` at ``lr``, no warm-up, best epoch by
+    holdout mean per-class accuracy."""
+    return ["--balance", mode, "--lr", lr, "--warmup-epochs", 0, "--select", "mean-class"]
+
+
 FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
-    "lfer_mix_bal": ("lfer_mix", 10, ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
-                                      "--weight-decay", 1e-4, "--balance", "sampler", "--lr", 0.01,
-                                      "--warmup-epochs", 0, "--select", "mean-class"]),
+    "lfer_mix_bal": ("lfer_mix", 10, [*MIX, *rebalance("sampler", 0.01)]),
     # the same with square-root sampling (rare classes drawn in proportion to sqrt(count)): a gentler
     # re-balancing, after lfer_mix_bal's false alarms on rare classes (contempt precision 7%)
-    "lfer_mix_sqrt": ("lfer_mix", 10, ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5,
-                                       "--weight-decay", 1e-4, "--balance", "sqrt", "--lr", 0.01,
-                                       "--warmup-epochs", 0, "--select", "mean-class"]),
+    "lfer_mix_sqrt": ("lfer_mix", 10, [*MIX, *rebalance("sqrt", 0.01)]),
     # lfer_mix96 (84.96% on valid) lost its run directory with the machine it ran on, and with it the teacher's
     # labels; retraining both takes ~4 CPU hours. The input-size lever at a fraction of that cost: the
     # bundled v3 weights (trained at 64 px; ShuffleNet is fully convolutional) fine-tuned at 96 px on the
     # crowd votes (no teacher needed; the FixRes effect, Touvron et al. 2019), then re-balanced as above
     "lfer_up96": (c.ROOT / "fercli" / "weights" / "ferplus8_lfer_v3_fp16.pt", 12,
-                  ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4, "--input-size", 96, "--lr", 0.02,
-                   "--warmup-epochs", 1]),
-    "lfer_up96_bal": ("lfer_up96", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
-                                       "--input-size", 96, "--balance", "sampler", "--lr", 0.005,
-                                       "--warmup-epochs", 0, "--select", "mean-class"]),
-    "lfer_up96_sqrt": ("lfer_up96", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
-                                        "--input-size", 96, "--balance", "sqrt", "--lr", 0.005,
-                                        "--warmup-epochs", 0, "--select", "mean-class"]),
+                  [*VOTES96, "--lr", 0.02, "--warmup-epochs", 1]),
+    "lfer_up96_bal": ("lfer_up96", 8, [*VOTES96, *rebalance("sampler", 0.005)]),
+    "lfer_up96_sqrt": ("lfer_up96", 8, [*VOTES96, *rebalance("sqrt", 0.005)]),
     # v4 (lfer_up96_bal) loses 15-16 points to Gaussian noise, the robustness suite's one regression against
     # the first bundled model. The `robust` preset adds the degradations of real cameras and uploads (blur,
     # sensor noise, JPEG, occlusion) to `light`. Note that these overlap the suite's corruptions (as `light`'s
-    # affine and jitter already overlap its crops, rotations and lighting): docs/RESULTS.md says which.
+    # affine and jitter already overlap its crops, rotations and lighting).
     # Two routes: lfer_up96 made robust and then re-balanced, and v4 itself re-balanced further under `robust`.
-    "lfer_up96_rob": ("lfer_up96", 10, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
-                                        "--input-size", 96, "--augment", "robust", "--lr", 0.01,
-                                        "--warmup-epochs", 1]),
-    "lfer_up96_rob_bal": ("lfer_up96_rob", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
-                                               "--input-size", 96, "--augment", "robust", "--balance", "sampler",
-                                               "--lr", 0.005, "--warmup-epochs", 0, "--select", "mean-class"]),
-    "lfer_up96_bal_rob": ("lfer_up96_bal", 8, ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4,
-                                               "--input-size", 96, "--augment", "robust", "--balance", "sampler",
-                                               "--lr", 0.005, "--warmup-epochs", 0, "--select", "mean-class"]),
+    "lfer_up96_rob": ("lfer_up96", 10, [*VOTES96, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_up96_rob_bal": ("lfer_up96_rob", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    "lfer_up96_bal_rob": ("lfer_up96_bal", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
 }
 NEEDS_SELF_LABELS = {"lfer_self96"}
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
