@@ -322,7 +322,8 @@ def main() -> None:
     done = c.run_tasks(tasks(groups, seeds, opts.compare_epochs, opts.candidate_epochs, opts.teacher_epochs,
                              opts.device, workers), opts.jobs)
     for name, r in done.items():
-        c.log.info("%s: FERPlus valid %.4f (8)", name, r["ferplus_valid_8"]["accuracy"])
+        if "ferplus_valid_8" in r:  # not the label-making tasks (self-labels)
+            c.log.info("%s: FERPlus valid %.4f (8)", name, r["ferplus_valid_8"]["accuracy"])
 
 
 if __name__ == "__main__":
