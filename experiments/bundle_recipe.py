@@ -2,9 +2,12 @@
 
 1. Candidates: every finished ``lfer`` run of experiments/recipe.py (results/recipe/lfer*.json). The
    fine-tunes of another run (recipe.FINETUNES, e.g. the rare-class re-balancing ``lfer_mix_bal``) are
-   preferred when any has finished: each gets the search below, and the one whose operating point
-   reaches FLOORS with the best holdout accuracy is shipped. Without a fine-tune, the run with the best
-   *holdout* accuracy (FERPlus valid, the report split, plays no part).
+   preferred when any has finished: each gets the search below, and at its chosen point the robustness
+   suite is run on the holdout. Runs are ranked there (``rank_key``): the rare-class FLOORS first, then
+   the robustness target (suite mean >= ROBUST_FLOOR), then clean accuracy. The best is shipped only if it
+   ranks above the current bundled model on the same corrupted holdout images; either way the decision
+   goes to results/recipe/bundle_search.json. Without a fine-tune, the run with the best *holdout*
+   accuracy (FERPlus valid, the report split, plays no part).
 2. On the run's own holdout (the stratified 10% of train its training held out), with its best weights:
    * for a fine-tune, the weights are interpolated with its base run's, w = (1 - alpha) * base +
      alpha * fine-tuned for alpha in ALPHAS (WiSE-FT, Wortsman et al. 2022: one model, no extra cost at
@@ -60,6 +63,9 @@ ALPHAS = tuple(i / 8 for i in range(9))
 MAX_ACC_DROP = 0.01  # fallback rule: the operating point may cost at most 1 point of holdout accuracy
 # issue 13's rare-class targets, required of the operating point on the holdout
 FLOORS = {"mean_class_accuracy": 0.65, "min_recall": 0.25}
+# issue 13's robustness target, asked of each run's chosen point on its holdout (the corrupted copies of train
+# images no run trained on), and of the current bundled model on the same inputs
+ROBUST_FLOOR = 0.75
 RECIPE_KEYS = ("arch", "epochs", "batch_size", "lr", "nesterov", "sched", "warmup_epochs", "weight_decay", "augment",
                "ema", "loss", "beta", "targets", "target_mix", "input_size", "seed", "balance", "select")
 
@@ -96,6 +102,50 @@ def holdout_logits(model: torch.nn.Module, split: Any, pre: Any) -> tuple[np.nda
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
+
+
+@torch.no_grad()
+def holdout_robustness(model: torch.nn.Module, pre: Any, shift: np.ndarray, tta: str, data: Any,
+                       ws: Workspace) -> dict[str, Any]:
+    """The robustness suite on the holdout at one operating point (logits + ``shift``, flip-averaged when
+    ``tta`` is flip): the suite's clean figures, its mean accuracy, and whether both reach the targets."""
+    from fercli.data import cache_dir_for
+    from fercli.robustness import score_suite
+
+    bias = torch.as_tensor(shift, dtype=torch.float32)
+
+    def probs(x: torch.Tensor) -> np.ndarray:
+        xn = pre.normalize(x, torch.device("cpu"))
+        p = torch.softmax(model(xn).float() + bias, 1)
+        if tta == "flip":
+            p = (p + torch.softmax(model(xn.flip(-1)).float() + bias, 1)) / 2
+        return p.numpy()
+
+    m = data.manifest
+    rep = score_suite(probs, pre.input_size, [m.root / r for r in data.valid.paths], data.valid.paths,
+                      data.valid.labels.numpy(), list(data.classes), manifest_sha=ws.sha256(m.path),
+                      cache_dir=cache_dir_for(ws.root))
+    clean = rep["clean"]
+    out = {"clean_accuracy": clean["accuracy"], "mean_class_accuracy": clean["mean_class_accuracy"],
+           "min_recall": min(clean["per_class_accuracy"].values()), "mean_accuracy": rep["summary"]["mean_accuracy"],
+           "worst": rep["summary"]["worst"], "worst_accuracy": rep["summary"]["worst_accuracy"]}
+    out["meets_floors"] = all(out[k] >= v for k, v in FLOORS.items())
+    out["meets_robustness"] = out["mean_accuracy"] >= ROBUST_FLOOR
+    return out
+
+
+def rank_key(r: dict[str, Any]) -> tuple[bool, bool, float]:
+    """How runs (and the current bundled model) are ranked on the holdout's suite: the rare-class floors,
+    then the robustness target, then clean accuracy."""
+    return r["meets_floors"], r["meets_robustness"], r["clean_accuracy"]
+
+
+def current_bundle(ws: Workspace, data: Any, path: Path = BUNDLED_MODEL) -> dict[str, Any]:
+    """The shipped model on the same holdout suite (its adjustment is folded in; its own TTA)."""
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt)[0].float()
+    return {"file": path.name, **holdout_robustness(model, preset_from_meta(ckpt), np.zeros(len(data.classes)),
+                                                    ckpt.get("tta") or "none", data, ws)}
 
 
 def choose_operating_point(curve: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,9 +207,15 @@ def search(name: str) -> dict[str, Any]:
                      "curve": adjustment_curve(seen, y, prior, TAUS), "_logits": (plain, flipped)})
         c.log.info("alpha %.2f: holdout accuracy %.4f (flip %.4f)", alpha, acc_plain, acc_flip)
     g, point, rule = choose_point(grid)
+    if base_state is not None:
+        model.load_state_dict(interpolate(base_state, tuned_state, g["alpha"]))
+    robust = holdout_robustness(model, pre, -point["tau"] * np.log(prior / prior.sum()), g["tta"], data, ws)
+    c.log.info("%s: alpha %.3f, tau %.3f: holdout suite clean %.4f, robustness mean %.4f", name, g["alpha"],
+               point["tau"], robust["clean_accuracy"], robust["mean_accuracy"])
     return {"name": name, "source": source, "ckpt": ckpt, "model": model, "base_name": base_name,
             "tuned_state": tuned_state, "base_state": base_state, "base_ckpt": base_ckpt, "prior": prior, "y": y, "grid": grid,
-            "g": g, "point": point, "rule": rule, "meets_floors": all(point[k] >= v for k, v in FLOORS.items())}
+            "g": g, "point": point, "rule": rule, "meets_floors": all(point[k] >= v for k, v in FLOORS.items()),
+            "holdout_robustness": robust, "data": data}
 
 
 def summary_of(found: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +223,7 @@ def summary_of(found: dict[str, Any]) -> dict[str, Any]:
     p = found["point"]
     return {"alpha": found["g"]["alpha"], "tau": p["tau"], "tta": found["g"]["tta"], "accuracy": p["accuracy"],
             "mean_class_accuracy": p["mean_class_accuracy"], "min_recall": p["min_recall"],
-            "meets_floors": found["meets_floors"]}
+            "meets_floors": found["meets_floors"], "holdout_robustness": found["holdout_robustness"]}
 
 
 def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path, robustness: bool = True,
@@ -274,11 +330,24 @@ def main() -> None:
         c.log.warning("%s: not searched, its weights (or its base's) are no longer on disk", k)
     names = [opts.run] if opts.run else tuned or [max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])]
     found = {n: search(n) for n in names}
-    # among several fine-tunes: one whose point reaches the floors, then the best holdout accuracy
-    name = max(found, key=lambda n: (found[n]["meets_floors"], found[n]["point"]["accuracy"]))
-    searched = {n: summary_of(f) for n, f in found.items()} if len(found) > 1 else None
+    # among several fine-tunes, by rank_key on the holdout's suite: the floors, the robustness target, accuracy
+    name = max(found, key=lambda n: rank_key(found[n]["holdout_robustness"]))
+    searched = {n: summary_of(f) for n, f in found.items()}
+    # the shipped model on the same holdout inputs: a new file ships only if it ranks above it
+    current = current_bundle(Workspace(c.WS), found[name]["data"])
+    decision = {"searched": searched, "chosen": name, "current_bundle": current, "robust_floor": ROBUST_FLOOR,
+                "floors": FLOORS, "ships": opts.run is not None or rank_key(searched[name]["holdout_robustness"])
+                > rank_key(current)}
+    c.write_result(recipe.RESULTS / "bundle_search.json", decision)
+    if not decision["ships"]:
+        c.log.warning("kept %s: on the holdout's suite it ranks at or above %s (clean %.4f vs %.4f, robustness mean "
+                      "%.4f vs %.4f); see results/recipe/bundle_search.json", current["file"], name,
+                      current["clean_accuracy"], searched[name]["holdout_robustness"]["clean_accuracy"],
+                      current["mean_accuracy"], searched[name]["holdout_robustness"]["mean_accuracy"])
+        return
     result = build(found[name], runs[name], opts.previous.resolve(), opts.dest.resolve(), not opts.no_robustness,
-                   searched, opts.replaces.resolve())
+                   searched if len(searched) > 1 else None, opts.replaces.resolve())
+    result["holdout"]["current_bundle"] = current
     c.write_result(recipe.RESULTS / "bundled.json", result)
     c.log.info("bundled %s from %s: FERPlus valid %.4f (8), mean per-class %.4f; %.2f MB", result["file"], name,
                result["ferplus_valid_8"]["accuracy"], result["ferplus_valid_8"]["mean_class_accuracy"],

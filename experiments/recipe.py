@@ -67,6 +67,8 @@ CANDIDATES: dict[str, list[Any]] = {
 # re-balancing stage of Kang et al. 2020 applied to the whole network), its best epoch chosen on the
 # holdout's mean per-class accuracy
 VOTES96 = ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4, "--input-size", 96]
+VOTES128 = [*VOTES96[:-1], 128]
+V4 = c.ROOT / "fercli" / "weights" / "ferplus8_lfer_v4_fp16.pt"
 
 
 def rebalance(mode: str, lr: float) -> list[Any]:
@@ -96,6 +98,12 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     "lfer_up96_rob": ("lfer_up96", 10, [*VOTES96, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
     "lfer_up96_rob_bal": ("lfer_up96_rob", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
     "lfer_up96_bal_rob": ("lfer_up96_bal", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    # The run directories above were lost with the machine again; v4's file survives. The input-size lever once
+    # more (64 -> 96 px gave lfer_mix +2.0 points on valid): v4 at 128 px, where the last stage sees a 4x4 map
+    # (~1.8x the cost of 96 px per epoch), under `robust`. Two routes, as for v4: v4's own re-balanced
+    # recipe continued, and natural draws (accuracy first; bundle_recipe's tau then buys the rare classes back)
+    "lfer_v4_128_bal": (V4, 8, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    "lfer_v4_128": (V4, 10, [*VOTES128, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
 }
 NEEDS_SELF_LABELS = {"lfer_self96"}
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
