@@ -104,6 +104,9 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # recipe continued, and natural draws (accuracy first; bundle_recipe's tau then buys the rare classes back)
     "lfer_v4_128_bal": (V4, 8, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
     "lfer_v4_128": (V4, 10, [*VOTES128, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    # v4's own lineage at 128 px: the accurate run re-balanced, so that bundle_recipe's weight interpolation
+    # spans natural and balanced draws (v4 came out of lfer_up96 -> lfer_up96_bal this way)
+    "lfer_v4_128_rebal": ("lfer_v4_128", 6, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
 }
 NEEDS_SELF_LABELS = {"lfer_self96"}
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}

@@ -220,6 +220,24 @@ def test_target_table_marks_met_and_not_met():
     assert at(0.8499, 0.6499, 0.2499, 0.0301, 0.7499, 3_000_001) == [False] * 6
 
 
+def test_bundle_ranking_puts_floors_before_robustness_before_accuracy():
+    import bundle_recipe as br
+
+    def r(acc, mca, recall, robust):
+        x = {"clean_accuracy": acc, "mean_class_accuracy": mca, "min_recall": recall, "mean_accuracy": robust}
+        return {**x, "meets_floors": mca >= br.FLOORS["mean_class_accuracy"] and recall >= br.FLOORS["min_recall"],
+                "meets_robustness": robust >= br.ROBUST_FLOOR}
+
+    accurate_fragile = r(0.86, 0.70, 0.30, 0.74)
+    robust = r(0.84, 0.70, 0.30, 0.76)
+    no_rare_classes = r(0.88, 0.60, 0.30, 0.80)
+    ranked = sorted([no_rare_classes, accurate_fragile, robust], key=br.rank_key, reverse=True)
+    assert ranked == [robust, accurate_fragile, no_rare_classes]
+    # a tie with the current bundled model does not ship a new file: ranking strictly above is required
+    assert not br.rank_key(robust) > br.rank_key(dict(robust))
+    assert br.rank_key(r(0.8401, 0.70, 0.30, 0.76)) > br.rank_key(robust)
+
+
 def test_model_card_for_the_new_model_keeps_the_previous_one_as_a_note(tmp_path: Path):
     import copy
 
