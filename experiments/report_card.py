@@ -169,6 +169,16 @@ def made_block(b: dict) -> str:
         f"**Recipe.** {_recipe_text(b.get('recipe') or {})}."])
 
 
+def _ranking_text(b: dict) -> str:
+    searched = b["finetunes_searched"]
+    if not all("holdout_robustness" in p for p in searched.values()):
+        return "; among them, the one whose operating point reaches the floors with the best holdout accuracy, below"
+    return ("; each is searched for its operating point as below, and at that point the robustness suite is run on "
+            "the holdout; they are ranked by the rare-class floors, then the robustness target (suite mean ≥ 75%), "
+            "then clean accuracy, and the best ships only if it ranks above the current bundled model on the same "
+            "corrupted images")
+
+
 def choice_block(b: dict) -> str:
     h = b["holdout"]
     cands = sorted(b.get("candidates_holdout", {}).items(), key=lambda kv: -kv[1])
@@ -177,8 +187,7 @@ def choice_block(b: dict) -> str:
     lines = [(f"Everything here is decided on the source run's own holdout ({h['images']:,} images of FERPlus "
               "train); FERPlus valid played no part."), "",
              (f"**Which run.** `{chosen}`, a short fine-tune of `{interp['base_run'].rsplit('/', 1)[-1]}` (finished "
-              "fine-tunes are preferred" + ("; among them, the one whose operating point reaches the floors with the "
-                                           "best holdout accuracy, below" if b.get("finetunes_searched") else "")
+              "fine-tunes are preferred" + (_ranking_text(b) if b.get("finetunes_searched") else "")
               + "). The study's finished `lfer` runs by holdout accuracy:"
               if interp else
               "**Which run.** The best holdout accuracy among the study's finished `lfer` runs:"
@@ -189,13 +198,27 @@ def choice_block(b: dict) -> str:
     lines += [f"| `{k}`{' (chosen)' if k == chosen else ''} | {pct(v)} |" for k, v in cands]
     searched = b.get("finetunes_searched")
     if searched:
+        suite = all("holdout_robustness" in p for p in searched.values())
         lines += ["", "**The fine-tunes' operating points** (each fine-tune searched on the holdout as below; the chosen one's search in detail below):", "",
-                  "| fine-tune | α | τ | TTA | accuracy (%) | mean per-class (%) | lowest recall (%) | reaches the floors |",
-                  "|---|---:|---:|---|---:|---:|---:|---|"]
+                  "| fine-tune | α | τ | TTA | accuracy (%) | mean per-class (%) | lowest recall (%) | reaches the floors |"
+                  + (" suite: clean (%) | suite: mean (%) |" if suite else ""),
+                  "|---|---:|---:|---|---:|---:|---:|---|" + ("---:|---:|" if suite else "")]
         for k, p in searched.items():
+            r = p.get("holdout_robustness") or {}
             lines.append(f"| `{k}`{' (chosen)' if k == chosen else ''} | {p['alpha']:g} | {p['tau']:g} | {p['tta']} | "
                          f"{pct(p['accuracy'])} | {pct(p['mean_class_accuracy'])} | {pct(p['min_recall'])} | "
-                         f"{'yes' if p['meets_floors'] else 'no'} |")
+                         f"{'yes' if p['meets_floors'] else 'no'} |"
+                         + (f" {pct(r['clean_accuracy'])} | {pct(r['mean_accuracy'])} |" if suite else ""))
+        cur = h.get("current_bundle")
+        if suite and cur:
+            lines.append(f"| `{cur['file']}` (the bundled model it replaces, as shipped) | | | own | | "
+                         f"{pct(cur['mean_class_accuracy'])} | {pct(cur['min_recall'])} | "
+                         f"{'yes' if cur['meets_floors'] else 'no'} | {pct(cur['clean_accuracy'])} | "
+                         f"{pct(cur['mean_accuracy'])} |")
+            lines += ["", ("The suite's columns score each point on the holdout's corrupted copies (and its clean "
+                           "images decoded the suite's way, at 112 px then resized, hence a clean accuracy a little "
+                           "off the search's). Its mean per-class and lowest recall columns, for the replaced model, "
+                           "come from the suite's clean images too.")]
     if interp:
         base = interp["base_run"].rsplit("/", 1)[-1]
         lines += ["", (f"**Weight interpolation** (WiSE-FT, Wortsman et al. 2022): w = (1 − α)·`{base}` + α·`{chosen}`, "
@@ -397,7 +420,8 @@ def commands_block(b: dict) -> str:
     cmds = [c_.split("  #")[0].strip() for c_ in b.get("commands", [])]
     lines = ["```",
              "# the study (experiments/README.md; a GPU machine: experiments/gpu/run_recipe.sh)",
-             "python experiments/recipe.py --jobs 2",
+             "python experiments/recipe.py --jobs 2"
+             + (" --only finetune  # the fine-tunes (their bases first)" if "interpolation" in b.get("holdout", {}) else ""),
              "# the source run, as recorded (in the workspace runs/ferplus)",
              clean_command(b.get("source_command")),
              "# the operating point, the fp16 file, FERPlus valid and the robustness comparison",
