@@ -428,7 +428,7 @@ def commands_block(b: dict) -> str:
              *(clean_command(x) for x in cmds),
              "python experiments/report.py                 # this card",
              "```", "",
-             "Check the 8-class figure with the data in `../shared`, from the repository root:", "",
+             "Check the 8-class figure with the data in `../shared`, from the repository root (`ws` is a scratch workspace; any directory will do):", "",
              "```",
              "mkdir -p ws && fer -w ws data import ferplus ../shared/datasets/ferplus",
              f"fer -w ws eval --split valid --model {b['file']}",
