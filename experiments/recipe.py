@@ -66,8 +66,9 @@ CANDIDATES: dict[str, list[Any]] = {
 # lfer_mix toward the rare classes (class-balanced draws at a tenth of the learning rate, the classifier
 # re-balancing stage of Kang et al. 2020 applied to the whole network), its best epoch chosen on the
 # holdout's mean per-class accuracy
-VOTES96 = ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4, "--input-size", 96]
-VOTES128 = [*VOTES96[:-1], 128]
+VOTES = ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4]
+VOTES96 = [*VOTES, "--input-size", 96]
+VOTES128 = [*VOTES, "--input-size", 128]
 V4 = c.ROOT / "fercli" / "weights" / "ferplus8_lfer_v4_fp16.pt"
 
 

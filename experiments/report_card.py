@@ -169,9 +169,13 @@ def made_block(b: dict) -> str:
         f"**Recipe.** {_recipe_text(b.get('recipe') or {})}."])
 
 
+def _has_suite(searched: dict) -> bool:
+    """Whether the searched fine-tunes were also ranked on the holdout's robustness suite (since v5)."""
+    return all("holdout_robustness" in p for p in searched.values())
+
+
 def _ranking_text(b: dict) -> str:
-    searched = b["finetunes_searched"]
-    if not all("holdout_robustness" in p for p in searched.values()):
+    if not _has_suite(b["finetunes_searched"]):
         return "; among them, the one whose operating point reaches the floors with the best holdout accuracy, below"
     return ("; each is searched for its operating point as below, and at that point the robustness suite is run on "
             "the holdout; they are ranked by the rare-class floors, then the robustness target (suite mean ≥ 75%), "
@@ -198,7 +202,7 @@ def choice_block(b: dict) -> str:
     lines += [f"| `{k}`{' (chosen)' if k == chosen else ''} | {pct(v)} |" for k, v in cands]
     searched = b.get("finetunes_searched")
     if searched:
-        suite = all("holdout_robustness" in p for p in searched.values())
+        suite = _has_suite(searched)
         lines += ["", "**The fine-tunes' operating points** (each fine-tune searched on the holdout as below; the chosen one's search in detail below):", "",
                   "| fine-tune | α | τ | TTA | accuracy (%) | mean per-class (%) | lowest recall (%) | reaches the floors |"
                   + (" suite: clean (%) | suite: mean (%) |" if suite else ""),
