@@ -35,9 +35,22 @@ RESULTS = Path(os.environ.get("FER_EXP_RESULTS", c.RESULTS / EXP))  # a smoke te
 EXTRA: list[str] = []  # --extra: appended to every training command (e.g. --limit for a smoke test)
 TEACHER_DIR = c.WS / "runs" / EXP / "teacher-resnet18"
 LABELS = c.WS / "labels" / "recipe-teacher-resnet18.parquet"
-# self-distillation: lfer_up96's own distributions (flip-averaged) on train, in place of the ResNet-18 teacher's
-SELF_TEACHER = "lfer_up96"
-SELF_LABELS = c.WS / "labels" / f"recipe-self-{SELF_TEACHER}.parquet"
+WEIGHTS = c.ROOT / "fercli" / "weights"
+V4 = WEIGHTS / "ferplus8_lfer_v4_fp16.pt"
+# label distributions made by the study's own students (flip-averaged, on train), in place of the lost
+# ResNet-18 teacher's: name -> (file, result JSON, teachers). A run of the study is named by its name, a
+# file by its path; several teachers make an ensemble (`fer gen-labels --ensemble`).
+SELF_LABELS = c.WS / "labels" / "recipe-self-lfer_up96.parquet"
+ENS_LABELS = c.WS / "labels" / "recipe-ensemble.parquet"
+LABEL_SETS: dict[str, tuple[Path, str, list[str | Path]]] = {
+    # self-distillation: lfer_up96's own distributions (born-again networks)
+    "self-labels": (SELF_LABELS, "self_labels.json", ["lfer_up96"]),
+    # the mean of four students of three lineages, the best 4-member ensemble on the holdout (84.99% with
+    # flip, against 84.75% for its best member lfer_v4_128): v4 at 96 px, v5 and lfer_v4_128 at 128 px,
+    # and the first bundled model (64 px, trained on the paper's ResNet-50 distributions)
+    "ensemble-labels": (ENS_LABELS, "ensemble_labels.json",
+                        ["lfer_v4_128", WEIGHTS / "ferplus8_lfer_v5_fp16.pt", V4, WEIGHTS / "ferplus8_lfer_ldl_fp16.pt"]),
+}
 
 # item 5: the 2 x 2 comparison at one shared budget
 COMPARE: dict[str, list[Any]] = {
@@ -61,6 +74,10 @@ CANDIDATES: dict[str, list[Any]] = {
     # networks, Furlanello et al. 2018, with the crowd votes kept in the mix)
     "lfer_self96": ["--arch", "lfer", "--labels", SELF_LABELS, "--targets", "mix", "--target-mix", 0.5,
                     "--weight-decay", 1e-4, "--input-size", 96],
+    # lfer_mix96's recipe with the ensemble's distributions in the teacher's place, under `robust` (the
+    # robustness target: `light` runs score ~72% on the suite)
+    "lfer_ens96": ["--arch", "lfer", "--labels", ENS_LABELS, "--targets", "mix", "--target-mix", 0.5,
+                   "--weight-decay", 1e-4, "--input-size", 96, "--augment", "robust"],
 }
 # short fine-tunes of a finished candidate: (base run, epochs, extra options). "lfer_mix_bal" re-balances
 # lfer_mix toward the rare classes (class-balanced draws at a tenth of the learning rate, the classifier
@@ -69,7 +86,6 @@ CANDIDATES: dict[str, list[Any]] = {
 VOTES = ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4]
 VOTES96 = [*VOTES, "--input-size", 96]
 VOTES128 = [*VOTES, "--input-size", 128]
-V4 = c.ROOT / "fercli" / "weights" / "ferplus8_lfer_v4_fp16.pt"
 
 
 def rebalance(mode: str, lr: float) -> list[Any]:
@@ -108,8 +124,15 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # v4's own lineage at 128 px: the accurate run re-balanced, so that bundle_recipe's weight interpolation
     # spans natural and balanced draws (v4 came out of lfer_up96 -> lfer_up96_bal this way)
     "lfer_v4_128_rebal": ("lfer_v4_128", 6, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    # lfer_v4_128 continued on votes mixed half and half with the ensemble's distributions (distilling the
+    # ensemble into one of its members), then re-balanced as lfer_v4_128 was
+    "lfer_v4_128_ens": ("lfer_v4_128", 8, ["--arch", "lfer", "--labels", ENS_LABELS, "--targets", "mix",
+                                           "--target-mix", 0.5, "--weight-decay", 1e-4, "--input-size", 128,
+                                           "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_v4_128_ens_rebal": ("lfer_v4_128_ens", 5, [*VOTES128, "--augment", "robust",
+                                                     *rebalance("sampler", 0.005)]),
 }
-NEEDS_SELF_LABELS = {"lfer_self96"}
+NEEDS_LABELS = {"lfer_self96": "self-labels", "lfer_ens96": "ensemble-labels", "lfer_v4_128_ens": "ensemble-labels"}
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
 
 
@@ -238,24 +261,34 @@ def adopt_teacher(src: Path) -> dict[str, Any]:
     return result
 
 
-def self_labels(device: str) -> dict[str, Any]:
-    """SELF_TEACHER's label distributions on train (``fer gen-labels --flip``), made once."""
-    dest = RESULTS / "self_labels.json"
-    with c.exclusive(f"{EXP}-self-labels"):
+def teacher_labels(key: str, device: str) -> dict[str, Any]:
+    """The label distributions LABEL_SETS[key] on train (``fer gen-labels --flip``), made once."""
+    out, result_name, teachers = LABEL_SETS[key]
+    dest = RESULTS / result_name
+    with c.exclusive(f"{EXP}-{key}"):
         done = c.read_result(dest)
-        if done is not None and SELF_LABELS.is_file():
+        if done is not None and out.is_file():
             return done
-        teacher_ckpt = c.WS / "runs" / EXP / SELF_TEACHER / "best.pt"
-        if not teacher_ckpt.is_file():
-            raise RuntimeError(f"no {teacher_ckpt}: run the fine-tune {SELF_TEACHER} first")
-        cmd = ["gen-labels", c.MANIFEST8, "--teacher", teacher_ckpt, "--out", SELF_LABELS, "--flip",
-               "--device", device]
-        summary = c.fer(*cmd, "--json", logfile=c.WS / "logs" / EXP / "self_labels.log")
-        summary["out"] = _rel(SELF_LABELS)  # not this machine's path
-        result = {"experiment": EXP, "run": f"self-labels-{SELF_TEACHER}", "teacher": f"{EXP}/{SELF_TEACHER}",
+        ckpts = [t if isinstance(t, Path) else c.WS / "runs" / EXP / t / "best.pt" for t in teachers]
+        missing = [p for p in ckpts if not p.is_file()]
+        if missing:
+            raise RuntimeError(f"no {missing[0]}: run the fine-tune it comes from first")
+        ens = [a for p in ckpts[1:] for a in ("--ensemble", p)]
+        cmd = ["gen-labels", c.MANIFEST8, "--teacher", ckpts[0], *ens, "--out", out, "--flip", "--device", device]
+        summary = c.fer(*cmd, "--json", logfile=c.WS / "logs" / EXP / f"{key}.log")
+        summary["out"] = _rel(out)  # not this machine's path
+        result = {"experiment": EXP, "run": key, "teacher": [_rel(p) if isinstance(t, Path) else f"{EXP}/{t}"
+                                                             for t, p in zip(teachers, ckpts)],
                   "command": "fer " + " ".join(_rel(a) for a in cmd), "gen_labels": summary}
         c.write_result(dest, result)
         return result
+
+
+def _label_needs(key: str, groups: set[str]) -> tuple[str, ...]:
+    """The study's runs a label set's teachers come from, when they run in this invocation too."""
+    runs = {t for t in LABEL_SETS[key][2] if isinstance(t, str)}
+    return tuple(sorted(r for r in runs if (r in FINETUNES and "finetune" in groups)
+                        or (r in CANDIDATES and "candidates" in groups)))
 
 
 def _existing_teacher() -> dict[str, Any]:
@@ -282,17 +315,24 @@ def tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epo
         out.append(c.Task("teacher", lambda: teacher(teacher_epochs, device, workers["teacher"])))
     else:  # runs that need the teacher wait for a `--only teacher` run (e.g. on a GPU machine) to make it
         out.append(c.Task("teacher", _existing_teacher))
+    # label sets are made only for runs still to do (a finished run's teachers may be gone from disk)
+    todo = [n for n in (*(CANDIDATES if "candidates" in groups else ()), *(FINETUNES if "finetune" in groups else ()))
+            if c.read_result(RESULTS / f"{n}.json") is None]
+    for key in dict.fromkeys(NEEDS_LABELS[n] for n in todo if n in NEEDS_LABELS):
+        out.append(c.Task(key, lambda k=key: teacher_labels(k, device), _label_needs(key, groups)))
+
+    def needs_of(name: str) -> tuple[str, ...]:
+        return ("teacher",) if name in NEEDS_TEACHER else (NEEDS_LABELS[name],) if name in NEEDS_LABELS and \
+            name in todo else ()
+
     if "candidates" in groups:  # the longest runs first, so they are not left for last
-        if NEEDS_SELF_LABELS & set(CANDIDATES):
-            out.append(c.Task("self-labels", lambda: self_labels(device)))
         for name, args in CANDIDATES.items():
-            needs = ("teacher",) if name in NEEDS_TEACHER else ("self-labels",) if name in NEEDS_SELF_LABELS else ()
             out.append(c.Task(name, lambda n=name, a=args: run(n, 0, candidate_epochs, a, device, workers["candidate"]),
-                              needs))
+                              needs_of(name)))
     if "finetune" in groups:
         for name, (base, epochs, args) in FINETUNES.items():
             init = ["--init", base_weights(base)]
-            needs = ("teacher",) if name in NEEDS_TEACHER else ()
+            needs = needs_of(name)
             if isinstance(base, str) and (base in FINETUNES or "candidates" in groups):
                 needs += (base,)  # a fine-tune of a fine-tune (or of a candidate run now) waits for it
             out.append(c.Task(name, lambda n=name, e=epochs, a=[*init, *args]: run(n, 0, e, a, device,

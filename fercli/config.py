@@ -359,6 +359,8 @@ def validate_gen_labels(cfg: Any) -> None:
     from fercli.schema import SPLITS
 
     existing("--teacher", cfg.teacher)
+    for member in cfg.ensemble:
+        existing("--ensemble", member)
     existing("MANIFEST", cfg.manifest)
     writable("--out", cfg.out, folder=False)
     need("--temperature", cfg.temperature, _number(cfg.temperature) and cfg.temperature > 0, "> 0")

@@ -2,7 +2,9 @@
 
 The paper's label distribution for an image is the teacher's softmax output (eq. 4), with no extra
 information. ``--temperature`` (T > 1 softens) and horizontal-flip averaging are options; the
-defaults (T = 1, no flip) are the paper's. Only labelled rows of the requested splits are labelled,
+defaults (T = 1, no flip) are the paper's. ``--ensemble`` adds teachers: the distribution is then the
+mean of every teacher's softmax, each teacher run at its own input size and preprocessing (an ensemble
+of teachers, one of issue 13's levers). Only labelled rows of the requested splits are labelled,
 and the test split is refused unless forced: distributions are a training signal.
 """
 
@@ -65,29 +67,29 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     if "test" in cfg.splits and not cfg.force:
         raise FerError("refusing to label the test split: distributions are a training signal and test images must stay "
                        "unseen; pass --force if you really mean it")
-    inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher})
+    extra = {f"teacher_{i}": p for i, p in enumerate(cfg.ensemble, start=2)}
+    inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher, **extra})
+    teachers = [inputs["teacher"], *(inputs[k] for k in extra)]
+    digests = [ws.sha256(t.path) for t in teachers]
+    twice = next((t for i, t in enumerate(teachers) if digests[i] in digests[:i]), None)
+    if twice is not None:
+        raise FerError(f"{twice.path}: this teacher is given twice; each --ensemble member must be a different "
+                       "checkpoint")
     if on_inputs is not None:
         on_inputs(inputs)
     m = read_manifest(inputs["dataset"].path)
-    model, ckpt = model_from_checkpoint(inputs["teacher"].path)
-    pre = preset_from_meta(ckpt)
-    device = resolve_device(cfg.device)
-    model.to(device)
-
     rows = m.labelled(cfg.splits)
     if rows.empty:
         raise FerError(f"{m.path}: no labelled images in split(s) {', '.join(cfg.splits)}")
+    device = resolve_device(cfg.device)
     cache = cache_dir_for(ws.root) if cfg.cache else None
-    split = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, pre.input_size, cache,
-                       ws.sha256(m.path), cfg.workers, track)
-    index_batches = batches(list(range(len(split))), cfg.batch_size)
-    probs = np.empty((len(split), len(m.classes)), dtype=np.float64)
-    for x, idx in track(load_batches(split, index_batches, cfg.workers), "teacher distributions", len(index_batches)):
-        probs[idx] = tta_probs(lambda v: model(v).double().cpu().numpy(), normalize(x, pre, device), cfg.temperature,
-                               cfg.flip)
-    if not np.isfinite(probs).all():
-        raise FerError(f"{inputs['teacher'].path}: the teacher produced NaN or infinite outputs; retrain it "
-                       "(`fer pretrain-teacher`)")
+    members, per_teacher = [], []
+    for art in teachers:
+        p, about = _teacher_probs(art.path, cfg, m, rows, device, cache, ws.sha256(m.path), track)
+        per_teacher.append(p)
+        members.append({"file": art.path.name, "sha256": ws.sha256(art.path), **about,
+                        "agreement": round(float((p.argmax(1) == rows[COL_LABEL].to_numpy()).mean()), 4)})
+    probs = np.mean(per_teacher, axis=0)
     probs /= probs.sum(1, keepdims=True)  # exact normalisation after float rounding
 
     out = Path(cfg.out) if cfg.out is not None else ws.default_path("labels")
@@ -99,9 +101,35 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     q = quality(probs, rows[COL_LABEL].to_numpy(), votes)
     summary = {"rows": int(len(df)), "agreement": round(q["agreement"], 4)}
     prov = make_provenance("labels", {k: ws.input_ref(a) for k, a in inputs.items()}, summary, command)
-    extra = {"temperature": cfg.temperature, "flip": cfg.flip, "input_size": pre.input_size, "splits": list(cfg.splits),
-             "teacher_sha256": ws.sha256(inputs["teacher"].path), "teacher_arch": ckpt["arch"], "quality": q}
-    write_labels(df, m.classes, out, prov, extra)
+    meta = {"temperature": cfg.temperature, "flip": cfg.flip, "input_size": members[0]["input_size"],
+            "splits": list(cfg.splits), "teacher_sha256": members[0]["sha256"], "teacher_arch": members[0]["arch"],
+            "quality": q}
+    if len(members) > 1:
+        meta["ensemble"] = members
+    write_labels(df, m.classes, out, prov, meta)
     ws.record("labels", out)
-    return GenLabelsResult(out, df, inputs, {**summary, **q, "out": str(out), "temperature": cfg.temperature,
-                                          "flip": cfg.flip, "splits": list(cfg.splits)})
+    summary = {**summary, **q, "out": str(out), "temperature": cfg.temperature, "flip": cfg.flip,
+               "splits": list(cfg.splits)}
+    if len(members) > 1:
+        summary["ensemble"] = members
+    return GenLabelsResult(out, df, inputs, summary)
+
+
+def _teacher_probs(path: Path, cfg: GenLabelsConfig, m: Any, rows: pd.DataFrame, device: torch.device,
+                   cache: Path | None, manifest_sha: str, track: Track) -> tuple[np.ndarray, dict[str, Any]]:
+    """One teacher's (flip-averaged) softmax at ``cfg.temperature`` over ``rows``, at the teacher's own input
+    size, and what the labels' metadata records of it (arch, input size)."""
+    model, ckpt = model_from_checkpoint(path)
+    pre = preset_from_meta(ckpt)
+    model.to(device)
+    split = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, pre.input_size, cache,
+                       manifest_sha, cfg.workers, track)
+    index_batches = batches(list(range(len(split))), cfg.batch_size)
+    probs = np.empty((len(split), len(m.classes)), dtype=np.float64)
+    for x, idx in track(load_batches(split, index_batches, cfg.workers), f"teacher distributions ({path.name})",
+                        len(index_batches)):
+        probs[idx] = tta_probs(lambda v: model(v).double().cpu().numpy(), normalize(x, pre, device), cfg.temperature,
+                               cfg.flip)
+    if not np.isfinite(probs).all():
+        raise FerError(f"{path}: the teacher produced NaN or infinite outputs; retrain it (`fer pretrain-teacher`)")
+    return probs, {"arch": ckpt["arch"], "input_size": pre.input_size}

@@ -55,6 +55,7 @@ class GenLabelsConfig(LoaderOptions):
     """Options of `fer gen-labels`."""
 
     teacher: Path | None = None
+    ensemble: tuple[Path, ...] = ()  # more teachers: the distribution is the mean of all teachers' softmax
     manifest: Path | None = None
     out: Path | None = None  # default: the workspace's labels/labels.parquet
     temperature: float = 1.0

@@ -13,13 +13,16 @@ import pandas as pd
 import pytest
 import torch
 from _fab import ferplus_subset
+from typer.testing import CliRunner
 
-from fercli.checkpoint import load_checkpoint, model_from_checkpoint
+from fercli.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from fercli.classes import CLASSES_7, CLASSES_8
+from fercli.cli import app
 from fercli.augment import augment_batch, build_augment
 from fercli.errors import FerError
 from fercli.gen_labels import GenLabelsConfig, run_gen_labels
 from fercli.losses import LFERLoss
+from fercli.models import create_model, model_args
 from fercli.schema import dist_columns, read_labels, read_manifest, write_labels, write_manifest
 from fercli.training import TeacherConfig, TrainConfig, run_train
 from fercli.workspace import Workspace
@@ -51,6 +54,36 @@ def test_teacher_labels_student_sequence(ws: Workspace):
     run_train(TeacherConfig(arch="resnet18", epochs=1, seed=1, overwrite=True, **TINY), ws, kind="teacher")
     with pytest.raises(FerError, match="rerun `fer gen-labels`"):
         run_train(TrainConfig(arch="lfer", epochs=1, overwrite=True, **TINY), ws)
+
+
+def test_gen_labels_ensemble_is_the_mean_of_its_teachers(ws: Workspace, tmp_path: Path, runner: CliRunner):
+    """--ensemble averages the teachers' softmax, each teacher at its own input size; a repeat is refused."""
+    def teacher(name: str, seed: int, size: int) -> Path:  # untrained weights: only the averaging is under test
+        torch.manual_seed(seed)
+        model = create_model("shufflenet_v2", 7).eval()
+        return save_checkpoint(tmp_path / f"{name}.pt", make_checkpoint(model, "shufflenet_v2",
+                                                                            model_args("shufflenet_v2", 7), CLASSES_7, size))
+
+    a, b = teacher("a", 0, 32), teacher("b", 1, 48)
+    one = {t: read_labels(run_gen_labels(GenLabelsConfig(teacher=t, out=tmp_path / f"{t.stem}.parquet",
+                                                         workers=0, flip=True), ws).out)[0] for t in (a, b)}
+    res = run_gen_labels(GenLabelsConfig(teacher=a, ensemble=(b,), out=tmp_path / "ens.parquet", workers=0,
+                                         flip=True), ws)
+    df, meta = read_labels(res.out)
+    cols = dist_columns(CLASSES_7)
+    mean = (one[a][cols].to_numpy(np.float64) + one[b][cols].to_numpy(np.float64)) / 2
+    assert np.allclose(df[cols].to_numpy(np.float64), mean, atol=1e-6)
+    assert not np.allclose(one[a][cols].to_numpy(), one[b][cols].to_numpy(), atol=1e-3)  # the mean is not either one
+    assert [m["input_size"] for m in meta["ensemble"]] == [32, 48] and meta["teacher_sha256"] == ws.sha256(a)
+    assert meta["provenance"]["inputs"]["teacher_2"]["sha256"] == ws.sha256(b)
+    assert [m["file"] for m in res.summary["ensemble"]] == ["a.pt", "b.pt"]
+    with pytest.raises(FerError, match="this teacher is given twice"):
+        run_gen_labels(GenLabelsConfig(teacher=a, ensemble=(b, a), out=tmp_path / "x.parquet", workers=0), ws)
+    assert not (tmp_path / "x.parquet").exists()
+    res = runner.invoke(app, ["-w", str(ws.root), "gen-labels", "--teacher", str(a), "--ensemble", str(b), "--out",
+                              str(tmp_path / "cli.parquet"), "--workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert "teacher b.pt (shufflenet_v2, 48 px) argmax = label" in res.output and "ensemble argmax = label" in res.output
 
 
 def test_gen_labels_refuses_test_split_and_bad_distributions(ws: Workspace, tmp_path: Path):

@@ -18,6 +18,8 @@ EXAMPLE = """Examples:
   fer gen-labels                                          # workspace teacher + dataset -> labels/labels.parquet
 
   fer gen-labels --teacher teacher/best.pt data/manifest.parquet --out labels.parquet --temperature 2 --flip
+
+  fer gen-labels --teacher a/best.pt --ensemble b/best.pt --ensemble c.pt   # the mean of three teachers
 """
 
 
@@ -26,6 +28,9 @@ def gen_labels(
     ctx: typer.Context,
     manifest: _o.Manifest = None,
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint \\[default: the workspace's]."),
+    ensemble: Optional[list[Path]] = typer.Option(
+        None, "--ensemble", help="Another teacher checkpoint (repeatable): the distributions become the mean of all "
+        "teachers' softmax, each at its own input size."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Parquet to write \\[default: WORKSPACE/labels/labels.parquet]."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Softmax temperature (paper: 1)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Average with the mirrored image."),
@@ -39,7 +44,8 @@ def gen_labels(
     from fercli.stage_configs import GenLabelsConfig  # light: the stage (torch) is imported after validation
 
     ws = _ui.state(ctx).workspace
-    cfg = build_config(GenLabelsConfig, "gen-labels", _o.given(GenLabelsConfig, locals(), **inference), ws, config)
+    cfg = build_config(GenLabelsConfig, "gen-labels", _o.given(GenLabelsConfig, locals(), ensemble=ensemble or None,
+                                                                      **inference), ws, config)
     from fercli.gen_labels import run_gen_labels
 
     res = run_gen_labels(cfg, ws, track=_ui.rich_track, command="fer " + " ".join(sys.argv[1:]),
@@ -54,7 +60,10 @@ def gen_labels(
     table.add_row("images", f"{s['rows']:,}")
     table.add_row("splits", ", ".join(s["splits"]))
     table.add_row("temperature / flip", f"{s['temperature']} / {'yes' if s['flip'] else 'no'}")
-    table.add_row("teacher argmax = label", f"{s['agreement']:.4f}")
+    for member in s.get("ensemble", []):
+        table.add_row(f"teacher {member['file']} ({member['arch']}, {member['input_size']} px) argmax = label",
+                      f"{member['agreement']:.4f}")
+    table.add_row("teacher argmax = label" if "ensemble" not in s else "ensemble argmax = label", f"{s['agreement']:.4f}")
     table.add_row("mean max probability", f"{s['mean_max_prob']:.4f}")
     table.add_row("mean entropy (nats)", f"{s['mean_entropy']:.4f}")
     if "kl_votes" in s:
