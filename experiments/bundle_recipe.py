@@ -26,7 +26,10 @@
    valid for the record, and the robustness suite against the previous bundled model on identical
    corrupted inputs.
 
-    python experiments/bundle_recipe.py [--previous fercli/weights/ferplus8_lfer_ldl_fp16.pt]
+    python experiments/bundle_recipe.py [--previous fercli/weights/ferplus8_lfer_ldl_fp16.pt] [--only RUN,RUN]
+
+``--only`` searches just the fine-tunes named (those new since the last search); the earlier rows of
+bundle_search.json are kept, marked ``searched_before``.
 
 Writes experiments/results/recipe/bundled.json; docs/MODEL_CARD.md is generated from it by report.py.
 """
@@ -310,6 +313,8 @@ def main() -> None:
     p = c.parser(__doc__)
     p.add_argument("--previous", type=Path, default=bundle.FIRST_MODEL, help="the model to compare robustness with")
     p.add_argument("--run", help="bundle this run instead of the best holdout candidate")
+    p.add_argument("--only", help="search only these fine-tunes (comma-separated), e.g. the ones new since the last "
+                                  "search; the others' records in bundle_search.json are kept")
     p.add_argument("--replaces", type=Path, default=BUNDLED_MODEL.parent / REPLACES,
                    help="the default model the new one replaces, also compared on robustness")
     p.add_argument("--dest", type=Path, default=BUNDLED_MODEL.parent / NEW_NAME, help="where the bundled file goes")
@@ -328,11 +333,22 @@ def main() -> None:
     tuned = [k for k in runs if k in recipe.FINETUNES and _on_disk(k)]
     for k in sorted(set(runs) & set(recipe.FINETUNES) - set(tuned)):
         c.log.warning("%s: not searched, its weights (or its base's) are no longer on disk", k)
+    if opts.only:
+        only = [n.strip() for n in opts.only.split(",") if n.strip()]
+        unknown = [n for n in only if n not in tuned]
+        if unknown:
+            raise SystemExit(f"--only {unknown[0]}: not a finished fine-tune with its weights on disk "
+                             f"(these are: {', '.join(tuned) or 'none'})")
+        tuned = only
     names = [opts.run] if opts.run else tuned or [max(runs, key=lambda k: runs[k]["train"]["best_val_acc"])]
     found = {n: search(n) for n in names}
     # among several fine-tunes, by rank_key on the holdout's suite: the floors, the robustness target, accuracy
     name = max(found, key=lambda n: rank_key(found[n]["holdout_robustness"]))
     searched = {n: summary_of(f) for n, f in found.items()}
+    if opts.only:  # the runs searched before stay on record (same holdout images, so their rows compare)
+        before = c.read_result(recipe.RESULTS / "bundle_search.json") or {}
+        searched = {**{n: {**r, "searched_before": True} for n, r in before.get("searched", {}).items()
+                       if n not in searched}, **searched}
     # the shipped model on the same holdout inputs: a new file ships only if it ranks above it
     current = current_bundle(Workspace(c.WS), found[name]["data"])
     decision = {"searched": searched, "chosen": name, "current_bundle": current, "robust_floor": ROBUST_FLOOR,

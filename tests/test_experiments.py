@@ -306,3 +306,25 @@ def test_recipe_results_change_only_the_recipe_sections(tmp_path: Path):
     (partial / "lfer_mix.json").unlink()
     text, same_card, _ = report.render(img=tmp_path / "img", recipe_results=partial)
     assert same_card == card and "| `lfer_mix` | | | not run yet |" in text
+
+
+def test_recipe_makes_a_label_set_only_for_runs_still_to_do(tmp_path: Path, monkeypatch):
+    """A label set (e.g. the ensemble's) is a task only while a run that needs it has no result; it waits for the
+    study's runs its teachers come from, and the runs wait for it."""
+    import recipe
+
+    monkeypatch.setattr(recipe, "RESULTS", tmp_path)
+    workers = {"teacher": 0, "candidate": 0, "compare": 0}
+
+    def needs(groups: set[str]) -> dict[str, tuple[str, ...]]:
+        return {t.name: t.needs for t in recipe.tasks(groups, [0], 20, 60, 30, "cpu", workers)}
+
+    todo = needs({"candidates", "finetune"})
+    assert todo["ensemble-labels"] == ("lfer_v4_128",) and todo["self-labels"] == ("lfer_up96",)
+    assert todo["lfer_ens96"] == ("ensemble-labels",) and "ensemble-labels" in todo["lfer_v4_128_ens"]
+    assert list(todo).index("ensemble-labels") < list(todo).index("lfer_ens96")
+    assert needs({"candidates"})["ensemble-labels"] == ()  # lfer_v4_128 is not run by this invocation
+    for run in [r for r, key in recipe.NEEDS_LABELS.items() if key == "ensemble-labels"]:
+        (tmp_path / f"{run}.json").write_text('{"done": true}')
+    done = needs({"candidates", "finetune"})
+    assert "ensemble-labels" not in done and done["lfer_ens96"] == () and "self-labels" in done
