@@ -12,10 +12,10 @@
    * for a fine-tune, the weights are interpolated with its base run's, w = (1 - alpha) * base +
      alpha * fine-tuned for alpha in ALPHAS (WiSE-FT, Wortsman et al. 2022: one model, no extra cost at
      inference; alpha = 0 is the base run itself);
-   * flip TTA becomes the recommended default if it raises holdout accuracy;
+   * TTA (none or flip) is part of the operating point below, searched with alpha and tau;
    * post-hoc logit adjustment (Menon et al. 2021): logits - tau * log(train class frequencies), for
      tau in TAUS;
-   * the operating point (alpha, tau): the best holdout accuracy among the points that reach issue 13's
+   * the operating point (alpha, TTA, tau): the best holdout accuracy among the points that reach issue 13's
      rare-class targets on the holdout (``FLOORS``: mean per-class accuracy and lowest recall); when no
      point does, the best holdout mean per-class accuracy within ``MAX_ACC_DROP`` of tau = 0's accuracy
      (alpha = 1). tau is folded into the classifier's bias, so every consumer (eval, predict, exports)
@@ -63,6 +63,7 @@ REPLACES = "ferplus8_lfer_v4_fp16.pt"  # the default NEW_NAME replaces (its robu
 # tau < 0 moves a re-balanced model back toward accuracy; steps of 1/8 (one forward pass per alpha, so cheap)
 TAUS = tuple(i / 8 for i in range(-4, 13))
 ALPHAS = tuple(i / 8 for i in range(9))
+TTAS = ("none", "flip")  # flip doubles the cost of a face; chosen only where the holdout says it pays
 MAX_ACC_DROP = 0.01  # fallback rule: the operating point may cost at most 1 point of holdout accuracy
 # issue 13's rare-class targets, required of the operating point on the holdout
 FLOORS = {"mean_class_accuracy": 0.65, "min_recall": 0.25}
@@ -159,17 +160,20 @@ def choose_operating_point(curve: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def choose_point(grid: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """The operating point over every (alpha, tau): (alpha's grid entry, the tau point, the rule applied).
+    """The operating point over every (alpha, tta, tau): ((alpha, tta)'s grid entry, the tau point, the rule).
 
-    The best holdout accuracy among the points that reach FLOORS (ties: smaller |tau|, then smaller
-    alpha); without one, choose_operating_point on the largest alpha.
+    The best holdout accuracy among the points that reach FLOORS (ties: smaller |tau|, then no TTA, then
+    smaller alpha); without one, choose_operating_point on the largest alpha (its better TTA at tau = 0).
     """
     ok = [(g, p) for g in grid for p in g["curve"] if all(p[k] >= v for k, v in FLOORS.items())]
     if ok:
-        g, p = max(ok, key=lambda gp: (gp[1]["accuracy"], -abs(gp[1]["tau"]), -gp[0]["alpha"]))
+        g, p = max(ok, key=lambda gp: (gp[1]["accuracy"], -abs(gp[1]["tau"]), gp[0]["tta"] == "none",
+                                       -gp[0]["alpha"]))
         floors = ", ".join(f"{k.replace('_', ' ')} >= {v:.0%}" for k, v in FLOORS.items())
         return g, p, f"the best holdout accuracy among the points with holdout {floors}"
-    g = max(grid, key=lambda e: e["alpha"])
+    top = max(e["alpha"] for e in grid)
+    g = max((e for e in grid if e["alpha"] == top), key=lambda e: (next(p for p in e["curve"] if p["tau"] == 0.0)
+                                                                   ["accuracy"], e["tta"] == "none"))
     return g, choose_operating_point(g["curve"]), (f"best holdout mean per-class accuracy within {MAX_ACC_DROP:.0%} "
                                                     "of tau=0's holdout accuracy")
 
@@ -203,11 +207,13 @@ def search(name: str) -> dict[str, Any]:
         plain, flipped = holdout_logits(model, data.valid, pre)
         acc_plain = float((plain.argmax(1) == y).mean())
         acc_flip = float(((_softmax(plain) + _softmax(flipped)) / 2).argmax(1).__eq__(y).mean())
-        tta = "flip" if acc_flip > acc_plain else "none"
-        # the curve on what inference will see: the (flip-averaged) probabilities, as log-probabilities
-        seen = np.log((_softmax(plain) + _softmax(flipped)) / 2) if tta == "flip" else plain
-        grid.append({"alpha": alpha, "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
-                     "curve": adjustment_curve(seen, y, prior, TAUS), "_logits": (plain, flipped)})
+        # TTA is part of the operating point: each (alpha, tta) gets its tau curve on what inference will compute
+        # (under flip, the mean softmax of both views' adjusted logits), and choose_point weighs them all. Until
+        # v5, tta was fixed per alpha at tau = 0 (flip when it won there), its curve on log(mean softmax) + shift.
+        for tta in TTAS:
+            views = [flipped] if tta == "flip" else []
+            grid.append({"alpha": alpha, "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
+                         "curve": adjustment_curve(plain, y, prior, TAUS, views), "_logits": (plain, flipped)})
         c.log.info("alpha %.2f: holdout accuracy %.4f (flip %.4f)", alpha, acc_plain, acc_flip)
     g, point, rule = choose_point(grid)
     if base_state is not None:
@@ -283,6 +289,7 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
         "candidates_holdout": {k: r["train"]["best_val_acc"] for k, r in candidates().items()},
         **({"finetunes_searched": searched} if searched else {}),
         "holdout": {"images": len(y), "accuracy": acc_plain, "accuracy_flip_tta": acc_flip, "tta": tta,
+                    "tta_searched": True,
                     "tau_curve": curve, "tau": point["tau"], "rule": rule, "temperature": temperature,
                     **({"interpolation": {"base_run": base_name, "alpha": alpha, "floors": FLOORS,
                                           "base_recipe": {k: base_ckpt["config"].get(k) for k in RECIPE_KEYS},

@@ -236,11 +236,13 @@ def choice_block(b: dict) -> str:
             top = max(ok, key=lambda p: p["accuracy"]) if ok else None
             best = f"{pct(top['accuracy'])} (τ = {top['tau']:g})" if top else "none"
             lines.append(f"| {e['alpha']:g} | {e['tta']} | {pct(p0['accuracy'])} | {pct(p0['mean_class_accuracy'])} | "
-                         f"{pct(p0['min_recall'])} | {best} | {'**chosen**' if e['alpha'] == interp['alpha'] else ''} |")
+                         f"{pct(p0['min_recall'])} | {best} | "
+                         f"{'**chosen**' if (e['alpha'], e['tta']) == (interp['alpha'], h['tta']) else ''} |")
     tta = h["tta"]
     lines += ["", (f"**Flip TTA.** Holdout accuracy {pct(h['accuracy'])}% plain, {pct(h['accuracy_flip_tta'])}% "
                    f"averaging the mirrored face: {'on' if tta == 'flip' else 'off'} (`tta = {tta}` in the file; "
-                   "flip only when it raises holdout accuracy)."), "",
+                   + ("searched with α and τ above: the most accurate point at the floors decides)."
+                      if h.get("tta_searched") else "flip only when it raises holdout accuracy).")), "",
               ("**Logit adjustment** (Menon et al. 2021): logits − τ·log(train class frequencies), trading accuracy on "
                "frequent classes for recall on rare ones. On the holdout" + (" (with flip TTA)" if tta == "flip" else "")
                + ":"), "",

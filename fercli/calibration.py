@@ -19,7 +19,7 @@ Also here: the reliability diagram and post-hoc logit adjustment (:func:`adjustm
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from fercli.probability import (
     check_tta,
     expected_calibration_error,
     fit_temperature,
+    mean_softmax,
     model_temperature,
     model_tta,
     nll,
@@ -103,19 +104,24 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, title: str, dest: st
 
 # ---- fitting on a split (fer calibrate, and the training engine's holdout) ------------------
 def adjustment_curve(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray,
-                     taus: list[float] | tuple[float, ...]) -> list[dict[str, Any]]:
+                     taus: list[float] | tuple[float, ...], views: Sequence[np.ndarray] = ()) -> list[dict[str, Any]]:
     """Post-hoc logit adjustment (Menon et al. 2021): predictions of ``logits - tau * log(prior)`` per ``tau``.
+
+    ``views``: the logits of more views of the same images (the mirrored ones, for flip TTA); the
+    prediction is then the argmax of the mean softmax of every view's adjusted logits, exactly what a
+    model with the shift folded into its bias computes under that TTA.
 
     Returns, per ``tau``: accuracy, mean per-class accuracy, every class's recall and the lowest.
     A larger ``tau`` trades accuracy on frequent classes for recall on rare ones; choose the
     operating point on a holdout, never on the report split.
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    every = [logits, *(np.asarray(v, dtype=np.float64) for v in views)]
     log_prior = np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-12, None) / np.sum(prior))
     present = [c for c in range(logits.shape[1]) if (labels == c).any()]
     out = []
     for tau in taus:
-        pred = (logits - tau * log_prior).argmax(1)
+        pred = (mean_softmax([v - tau * log_prior for v in every]) if views else logits - tau * log_prior).argmax(1)
         recall = [float((pred[labels == c] == c).mean()) if c in present else None for c in range(logits.shape[1])]
         valid = [r for r in recall if r is not None]
         out.append({"tau": float(tau), "accuracy": float((pred == labels).mean()),

@@ -395,6 +395,27 @@ def test_adjustment_curve_trades_accuracy_for_rare_class_recall():
     assert curve[0]["min_recall"] == min(curve[0]["recall"])
 
 
+def test_adjustment_curve_with_views_predicts_what_a_folded_model_computes_under_flip_tta():
+    from fercli.calibration import adjustment_curve
+    from fercli.probability import mean_softmax
+
+    rng = np.random.default_rng(1)
+    prior = np.array([0.7, 0.2, 0.1])
+    labels = rng.choice(3, size=3000, p=prior)
+    plain = rng.normal(0, 1.5, (3000, 3)) + np.eye(3)[labels] + np.log(prior)
+    mirrored = plain + rng.normal(0, 1.5, (3000, 3))
+    taus = [0.0, 0.5, 1.0]
+    curve = adjustment_curve(plain, labels, prior, taus, views=[mirrored])
+    for tau, point in zip(taus, curve):
+        shift = -tau * np.log(prior / prior.sum())  # what fold_logit_adjustment adds to the bias
+        want = mean_softmax([plain + shift, mirrored + shift]).argmax(1)
+        assert point["accuracy"] == pytest.approx(float((want == labels).mean()))
+    # the shift applied after averaging the views' softmax is not the same thing
+    late = (np.log(mean_softmax([plain, mirrored])) + np.log(prior) * -1.0).argmax(1)
+    assert curve[2]["accuracy"] != pytest.approx(float((late == labels).mean()))
+    assert adjustment_curve(plain, labels, prior, taus) != curve  # no views: the plain logits alone
+
+
 def test_fold_logit_adjustment_shifts_the_final_bias():
     from fercli.calibration import fold_logit_adjustment
     from fercli.models import build_model

@@ -328,3 +328,27 @@ def test_recipe_makes_a_label_set_only_for_runs_still_to_do(tmp_path: Path, monk
         (tmp_path / f"{run}.json").write_text('{"done": true}')
     done = needs({"candidates", "finetune"})
     assert "ensemble-labels" not in done and done["lfer_ens96"] == () and "self-labels" in done
+
+
+def test_bundle_choice_weighs_tta_with_alpha_and_tau():
+    """TTA is part of the operating point: flip is chosen where it gives the best accuracy at the floors, even
+    when it loses at tau = 0; on a tie, no TTA (half the cost of a face)."""
+    import bundle_recipe as br
+
+    def point(tau, acc, mca=0.70, recall=0.30):
+        return {"tau": tau, "accuracy": acc, "mean_class_accuracy": mca, "min_recall": recall}
+
+    def entry(alpha, tta, curve):
+        return {"alpha": alpha, "tta": tta, "curve": curve}
+
+    plain = entry(1.0, "none", [point(0.0, 0.86, 0.60, 0.0), point(0.5, 0.83)])
+    flip = entry(1.0, "flip", [point(0.0, 0.85, 0.60, 0.0), point(0.5, 0.84)])
+    g, p, rule = br.choose_point([plain, flip])
+    assert (g["tta"], p["tau"], p["accuracy"]) == ("flip", 0.5, 0.84) and "holdout mean class accuracy >=" in rule
+    tie = entry(1.0, "flip", [point(0.0, 0.85, 0.60, 0.0), point(0.5, 0.83)])
+    assert br.choose_point([tie, plain])[0]["tta"] == "none"
+    # no point reaches the floors: the largest alpha, with the TTA that is more accurate at tau = 0
+    below = [entry(a, t, [point(0.0, acc, 0.5, 0.0), point(0.5, acc - 0.005, 0.55, 0.1)])
+             for a, t, acc in ((0.5, "flip", 0.9), (1.0, "none", 0.85), (1.0, "flip", 0.86))]
+    g, p, rule = br.choose_point(below)
+    assert (g["alpha"], g["tta"], p["tau"]) == (1.0, "flip", 0.5) and "within" in rule
