@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from fercli.checkpoint import model_from_checkpoint
+from fercli.classes import check_same_classes
 from fercli.data import batches, cache_dir_for, load_batches, make_split, normalize
 from fercli.device import resolve_device
 from fercli.errors import FerError
@@ -67,9 +68,13 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     if "test" in cfg.splits and not cfg.force:
         raise FerError("refusing to label the test split: distributions are a training signal and test images must stay "
                        "unseen; pass --force if you really mean it")
-    extra = {f"teacher_{i}": p for i, p in enumerate(cfg.ensemble, start=2)}
-    inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher, **extra})
-    teachers = [inputs["teacher"], *(inputs[k] for k in extra)]
+    inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher})
+    for i, path in enumerate(cfg.ensemble, start=2):  # resolved as teachers are (a run folder means its best.pt)
+        art = ws.resolve("teacher", path)
+        check_same_classes(art.classes, inputs["dataset"].classes, ws.rel(art.path), ws.rel(inputs["dataset"].path),
+                           fix="use teachers trained on this dataset's classes")
+        inputs[f"teacher_{i}"] = art
+    teachers = [a for k, a in inputs.items() if k.startswith("teacher")]
     digests = [ws.sha256(t.path) for t in teachers]
     twice = next((t for i, t in enumerate(teachers) if digests[i] in digests[:i]), None)
     if twice is not None:

@@ -77,6 +77,16 @@ def test_gen_labels_ensemble_is_the_mean_of_its_teachers(ws: Workspace, tmp_path
     assert [m["input_size"] for m in meta["ensemble"]] == [32, 48] and meta["teacher_sha256"] == ws.sha256(a)
     assert meta["provenance"]["inputs"]["teacher_2"]["sha256"] == ws.sha256(b)
     assert [m["file"] for m in res.summary["ensemble"]] == ["a.pt", "b.pt"]
+    eight = save_checkpoint(tmp_path / "eight.pt", make_checkpoint(create_model("shufflenet_v2", 8).eval(),
+                                                                   "shufflenet_v2", model_args("shufflenet_v2", 8),
+                                                                   CLASSES_8, 32))
+    with pytest.raises(FerError, match="eight.pt"):  # another class list: refused, naming the file
+        run_gen_labels(GenLabelsConfig(teacher=a, ensemble=(eight,), out=tmp_path / "x.parquet", workers=0), ws)
+    (tmp_path / "run_b").mkdir()
+    (tmp_path / "run_b" / "best.pt").write_bytes(b.read_bytes())  # a run folder stands for its best.pt
+    folder = run_gen_labels(GenLabelsConfig(teacher=a, ensemble=(tmp_path / "run_b",), out=tmp_path / "f.parquet",
+                                            workers=0, flip=True), ws)
+    assert np.allclose(read_labels(folder.out)[0][cols].to_numpy(), df[cols].to_numpy())
     with pytest.raises(FerError, match="this teacher is given twice"):
         run_gen_labels(GenLabelsConfig(teacher=a, ensemble=(b, a), out=tmp_path / "x.parquet", workers=0), ws)
     assert not (tmp_path / "x.parquet").exists()
