@@ -110,9 +110,10 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def holdout_robustness(model: torch.nn.Module, pre: Any, shift: np.ndarray, tta: str, data: Any,
-                       ws: Workspace) -> dict[str, Any]:
-    """The robustness suite on the holdout at one operating point (logits + ``shift``, flip-averaged when
-    ``tta`` is flip): the suite's clean figures, its mean accuracy, and whether both reach the targets."""
+                       ws: Workspace, temperature: float = 1.0) -> dict[str, Any]:
+    """The robustness suite on the holdout at one operating point, as the shipped file computes it: softmax of
+    (logits + ``shift``) / ``temperature``, flip-averaged when ``tta`` is flip (where the temperature can change
+    the class). The suite's clean figures, its mean accuracy, and whether both reach the targets."""
     from fercli.data import cache_dir_for
     from fercli.robustness import score_suite
 
@@ -120,9 +121,9 @@ def holdout_robustness(model: torch.nn.Module, pre: Any, shift: np.ndarray, tta:
 
     def probs(x: torch.Tensor) -> np.ndarray:
         xn = pre.normalize(x, torch.device("cpu"))
-        p = torch.softmax(model(xn).float() + bias, 1)
+        p = torch.softmax((model(xn).float() + bias) / temperature, 1)
         if tta == "flip":
-            p = (p + torch.softmax(model(xn.flip(-1)).float() + bias, 1)) / 2
+            p = (p + torch.softmax((model(xn.flip(-1)).float() + bias) / temperature, 1)) / 2
         return p.numpy()
 
     m = data.manifest
@@ -149,7 +150,8 @@ def current_bundle(ws: Workspace, data: Any, path: Path = BUNDLED_MODEL) -> dict
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)[0].float()
     return {"file": path.name, **holdout_robustness(model, preset_from_meta(ckpt), np.zeros(len(data.classes)),
-                                                    ckpt.get("tta") or "none", data, ws)}
+                                                    ckpt.get("tta") or "none", data, ws,
+                                                    float(ckpt.get("temperature") or 1.0))}
 
 
 def choose_operating_point(curve: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,12 +164,12 @@ def choose_operating_point(curve: list[dict[str, Any]]) -> dict[str, Any]:
 def choose_point(grid: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], str]:
     """The operating point over every (alpha, tta, tau): ((alpha, tta)'s grid entry, the tau point, the rule).
 
-    The best holdout accuracy among the points that reach FLOORS (ties: smaller |tau|, then no TTA, then
+    The best holdout accuracy among the points that reach FLOORS (ties: no TTA, then smaller |tau|, then
     smaller alpha); without one, choose_operating_point on the largest alpha (its better TTA at tau = 0).
     """
     ok = [(g, p) for g in grid for p in g["curve"] if all(p[k] >= v for k, v in FLOORS.items())]
     if ok:
-        g, p = max(ok, key=lambda gp: (gp[1]["accuracy"], -abs(gp[1]["tau"]), gp[0]["tta"] == "none",
+        g, p = max(ok, key=lambda gp: (gp[1]["accuracy"], gp[0]["tta"] == "none", -abs(gp[1]["tau"]),
                                        -gp[0]["alpha"]))
         floors = ", ".join(f"{k.replace('_', ' ')} >= {v:.0%}" for k, v in FLOORS.items())
         return g, p, f"the best holdout accuracy among the points with holdout {floors}"
@@ -218,19 +220,25 @@ def search(name: str) -> dict[str, Any]:
     g, point, rule = choose_point(grid)
     if base_state is not None:
         model.load_state_dict(interpolate(base_state, tuned_state, g["alpha"]))
-    robust = holdout_robustness(model, pre, -point["tau"] * np.log(prior / prior.sum()), g["tta"], data, ws)
+    shift = -point["tau"] * np.log(prior / prior.sum())
+    plain, flipped = g["_logits"]
+    # the temperature the file will carry: under flip TTA it can change the class, so the suite (and the choice
+    # to ship) is scored with it; the search above ranks points at T = 1
+    temperature = fit_temperature(plain + shift, y, [flipped + shift] if g["tta"] == "flip" else None)
+    robust = holdout_robustness(model, pre, shift, g["tta"], data, ws, temperature)
     c.log.info("%s: alpha %.3f, tau %.3f: holdout suite clean %.4f, robustness mean %.4f", name, g["alpha"],
                point["tau"], robust["clean_accuracy"], robust["mean_accuracy"])
     return {"name": name, "source": source, "ckpt": ckpt, "model": model, "base_name": base_name,
             "tuned_state": tuned_state, "base_state": base_state, "base_ckpt": base_ckpt, "prior": prior, "y": y, "grid": grid,
-            "g": g, "point": point, "rule": rule, "meets_floors": all(point[k] >= v for k, v in FLOORS.items()),
+            "g": g, "point": point, "rule": rule, "temperature": temperature, "meets_floors": all(point[k] >= v for k, v in FLOORS.items()),
             "holdout_robustness": robust, "data": data}
 
 
 def summary_of(found: dict[str, Any]) -> dict[str, Any]:
     """What bundled.json records of a run's search: its chosen point on the holdout."""
     p = found["point"]
-    return {"alpha": found["g"]["alpha"], "tau": p["tau"], "tta": found["g"]["tta"], "accuracy": p["accuracy"],
+    return {"alpha": found["g"]["alpha"], "tau": p["tau"], "tta": found["g"]["tta"], "tta_searched": True,
+            "accuracy": p["accuracy"],
             "mean_class_accuracy": p["mean_class_accuracy"], "min_recall": p["min_recall"],
             "meets_floors": found["meets_floors"], "holdout_robustness": found["holdout_robustness"]}
 
@@ -255,7 +263,7 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
     shift = -point["tau"] * np.log(prior / prior.sum())
     layer = fold_logit_adjustment(model, shift)
     # the adjusted model's logits, without running it again; the temperature fits what inference computes
-    temperature = fit_temperature(plain + shift, y, [flipped + shift] if tta == "flip" else None)
+    temperature = found["temperature"]
     ckpt = {**ckpt, "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "temperature": temperature, "tta": tta,
             "logit_adjustment": {"tau": point["tau"], "prior": (prior / prior.sum()).tolist(), "folded_into": layer,
@@ -304,7 +312,9 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
         "robustness": {k: {"clean": v["clean"], "corruptions": {n: {kk: vv for kk, vv in e.items()
                                                                    if kk in ("accuracy", "mean_class_accuracy", "drop")}
                                                                for n, e in v["corruptions"].items()},
-                           "summary": v["summary"], "model": v["model"]} for k, v in robust.items() if v},
+                           "summary": v["summary"],
+                           "model": {**v["model"], "path": recipe._rel(Path(v["model"]["path"]))}}
+                       for k, v in robust.items() if v},
         "previous": {"file": previous.name, "sha256": sha256_file(previous)},
         **({"replaced": {"file": replaces.name, "sha256": sha256_file(replaces)}} if "replaced" in robust else {}),
         **scores,
@@ -340,6 +350,8 @@ def main() -> None:
     tuned = [k for k in runs if k in recipe.FINETUNES and _on_disk(k)]
     for k in sorted(set(runs) & set(recipe.FINETUNES) - set(tuned)):
         c.log.warning("%s: not searched, its weights (or its base's) are no longer on disk", k)
+    if opts.only and opts.run:
+        raise SystemExit("--only and --run exclude each other: --run bundles one run without a search among several")
     if opts.only:
         only = [n.strip() for n in opts.only.split(",") if n.strip()]
         unknown = [n for n in only if n not in tuned]
@@ -354,8 +366,8 @@ def main() -> None:
     searched = {n: summary_of(f) for n, f in found.items()}
     if opts.only:  # the runs searched before stay on record (same holdout images, so their rows compare)
         before = c.read_result(recipe.RESULTS / "bundle_search.json") or {}
-        searched = {**{n: {**r, "searched_before": True} for n, r in before.get("searched", {}).items()
-                       if n not in searched}, **searched}
+        searched = {**{n: {**r, "searched_before": True, "tta_searched": r.get("tta_searched", False)}
+                       for n, r in before.get("searched", {}).items() if n not in searched}, **searched}
     # the shipped model on the same holdout inputs: a new file ships only if it ranks above it
     current = current_bundle(Workspace(c.WS), found[name]["data"])
     decision = {"searched": searched, "chosen": name, "current_bundle": current, "robust_floor": ROBUST_FLOOR,

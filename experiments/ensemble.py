@@ -26,6 +26,7 @@ import torch
 
 from fercli.checkpoint import load_checkpoint, model_from_checkpoint
 from fercli.data import cache_dir_for, make_split
+from fercli.fileio import sha256_file
 from fercli.probability import tta_probs
 from fercli.schema import COL_LABEL, COL_PATH, read_manifest
 from fercli.training import TrainConfig, prepare_data
@@ -56,7 +57,7 @@ def member_probs(member: str | Path, ws: Workspace) -> dict[str, Any]:
     trained = (ckpt["config"].get("seed"), ckpt["config"].get("val_fraction"))
     if trained != (HOLDOUT.seed, HOLDOUT.val_fraction):
         raise SystemExit(f"{_path(member)}: trained with seed {trained[0]}, val_fraction {trained[1]}; its holdout is "
-                         "not the study's")
+                         "not the study's, so drop it from POOL")
     hold = prepare_data(dataclasses.replace(HOLDOUT, input_size=pre.input_size), ws).valid
     m = read_manifest(c.MANIFEST8)
     rows = m.labelled(("test",))
@@ -72,7 +73,7 @@ def member_probs(member: str | Path, ws: Workspace) -> dict[str, Any]:
         return out
 
     return {"holdout": probs(hold), "holdout_labels": hold.labels.numpy(), "valid": probs(valid),
-            "valid_labels": valid.labels.numpy(), "input_size": pre.input_size}
+            "valid_labels": valid.labels.numpy(), "input_size": pre.input_size, "sha256": sha256_file(_path(member))}
 
 
 def main() -> None:
@@ -103,7 +104,7 @@ def main() -> None:
     result = {
         "experiment": recipe.EXP, "run": "ensemble", "holdout_images": int(len(yh)), "valid_images": int(len(yv)),
         "tta": "flip", "rule": "best holdout accuracy among 2-4 members (fewer on a tie)",
-        "members": {n: {"input_size": g["input_size"], "holdout": acc((n,), "holdout", yh),
+        "members": {n: {"sha256": g["sha256"], "input_size": g["input_size"], "holdout": acc((n,), "holdout", yh),
                         "ferplus_valid_8": acc((n,), "valid", yv)} for n, g in got.items()},
         "chosen": best, "ensembles": scored[:20],
     }

@@ -45,9 +45,12 @@ ENS_LABELS = c.WS / "labels" / "recipe-ensemble.parquet"
 LABEL_SETS: dict[str, tuple[Path, str, list[str | Path]]] = {
     # self-distillation: lfer_up96's own distributions (born-again networks)
     "self-labels": (SELF_LABELS, "self_labels.json", ["lfer_up96"]),
-    # the mean of four students of three lineages, the best 4-member ensemble on the holdout (84.99% with
-    # flip, against 84.75% for its best member lfer_v4_128): v4 at 96 px, v5 and lfer_v4_128 at 128 px,
-    # and the first bundled model (64 px, trained on the paper's ResNet-50 distributions)
+    # the mean of four students of three lineages, the best ensemble of 2-4 on the holdout (experiments/ensemble.py:
+    # 84.99% with flip, against 84.27% for its best member with flip and 84.75% without; the runner-up,
+    # lfer_v4_128 + v4, is 1 image behind): lfer_v4_128 and v5 at 128 px, v4 at 96 px, and the first bundled
+    # model (64 px, trained on the paper's ResNet-50 distributions). Each member's own logit adjustment is in
+    # its bias (v4 tau -0.5, v5 +0.125) and its softmax is taken at T = 1, so the mean is a blend of posteriors
+    # as those files predict, not a calibrated one
     "ensemble-labels": (ENS_LABELS, "ensemble_labels.json",
                         ["lfer_v4_128", WEIGHTS / "ferplus8_lfer_v5_fp16.pt", V4, WEIGHTS / "ferplus8_lfer_ldl_fp16.pt"]),
 }
@@ -278,7 +281,10 @@ def teacher_labels(key: str, device: str) -> dict[str, Any]:
         ckpts = [t if isinstance(t, Path) else c.WS / "runs" / EXP / t / "best.pt" for t in teachers]
         missing = [p for p in ckpts if not p.is_file()]
         if missing:
-            raise RuntimeError(f"no {missing[0]}: run the fine-tune it comes from first")
+            gone = missing[0]
+            raise RuntimeError(f"no {gone}: " + (f"delete {RESULTS / gone.parent.name}.json if that run finished "
+                                                 "on another machine, and rerun `recipe.py --only finetune`"
+                                                 if gone.name == "best.pt" else "restore the bundled file from git"))
         ens = [a for p in ckpts[1:] for a in ("--ensemble", p)]
         cmd = ["gen-labels", c.MANIFEST8, "--teacher", ckpts[0], *ens, "--out", out, "--flip", "--device", device]
         summary = c.fer(*cmd, "--json", logfile=c.WS / "logs" / EXP / f"{key}.log")

@@ -209,7 +209,9 @@ def choice_block(b: dict) -> str:
                   "|---|---:|---:|---|---:|---:|---:|---|" + ("---:|---:|" if suite else "")]
         for k, p in searched.items():
             r = p.get("holdout_robustness") or {}
-            lines.append(f"| `{k}`{' (chosen)' if k == chosen else ''} | {p['alpha']:g} | {p['tau']:g} | {p['tta']} | "
+            before = (" (an earlier search" + ("" if p.get("tta_searched") else ", its TTA fixed at τ = 0") + ")"
+                      if p.get("searched_before") else "")
+            lines.append(f"| `{k}`{' (chosen)' if k == chosen else ''}{before} | {p['alpha']:g} | {p['tau']:g} | {p['tta']} | "
                          f"{pct(p['accuracy'])} | {pct(p['mean_class_accuracy'])} | {pct(p['min_recall'])} | "
                          f"{'yes' if p['meets_floors'] else 'no'} |"
                          + (f" {pct(r['clean_accuracy'])} | {pct(r['mean_accuracy'])} |" if suite else ""))
@@ -241,7 +243,7 @@ def choice_block(b: dict) -> str:
     tta = h["tta"]
     lines += ["", (f"**Flip TTA.** Holdout accuracy {pct(h['accuracy'])}% plain, {pct(h['accuracy_flip_tta'])}% "
                    f"averaging the mirrored face: {'on' if tta == 'flip' else 'off'} (`tta = {tta}` in the file; "
-                   + ("searched with α and τ above: the most accurate point at the floors decides)."
+                   + (("searched with " + ("α and " if interp else "") + "τ: the operating point's rule below decides).")
                       if h.get("tta_searched") else "flip only when it raises holdout accuracy).")), "",
               ("**Logit adjustment** (Menon et al. 2021): logits − τ·log(train class frequencies), trading accuracy on "
                "frequent classes for recall on rare ones. On the holdout" + (" (with flip TTA)" if tta == "flip" else "")
@@ -258,7 +260,10 @@ def choice_block(b: dict) -> str:
                    "`fer eval`, `fer predict` and every export apply it."), "",
               (f"**Temperature.** T = {h['temperature']:.3f}, fitted on the holdout after the adjustment"
                + (" (on the flip-averaged probabilities that inference computes)" if tta == "flip" else "")
-               + " and stored in the file (it changes confidences, never the predicted class).")]
+               + " and stored in the file (it changes confidences" + (", and under flip TTA, where two views' "
+                                                                      "probabilities are averaged, a class now and then"
+                                                                      if tta == "flip" else ", never the predicted class")
+               + ").")]
     src = b.get("source_ferplus_valid_8")
     if isinstance(src, dict):
         e8 = b["ferplus_valid_8"]

@@ -117,6 +117,9 @@ def adjustment_curve(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray,
     """
     logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
     every = [logits, *(np.asarray(v, dtype=np.float64) for v in views)]
+    if any(v.shape != logits.shape for v in every):
+        raise FerError(f"adjustment_curve: every view must have the logits' shape {logits.shape}, got "
+                       f"{[v.shape for v in every[1:]]}")
     log_prior = np.log(np.clip(np.asarray(prior, dtype=np.float64), 1e-12, None) / np.sum(prior))
     present = [c for c in range(logits.shape[1]) if (labels == c).any()]
     out = []

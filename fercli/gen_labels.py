@@ -71,6 +71,7 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     inputs = ws.resolve_inputs({"dataset": cfg.manifest, "teacher": cfg.teacher})
     for i, path in enumerate(cfg.ensemble, start=2):  # resolved as teachers are (a run folder means its best.pt)
         art = ws.resolve("teacher", path)
+        ws.check_fresh(art, inputs)
         check_same_classes(art.classes, inputs["dataset"].classes, ws.rel(art.path), ws.rel(inputs["dataset"].path),
                            fix="use teachers trained on this dataset's classes")
         inputs[f"teacher_{i}"] = art
@@ -92,7 +93,8 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     for art in teachers:
         p, about = _teacher_probs(art.path, cfg, m, rows, device, cache, ws.sha256(m.path), track)
         per_teacher.append(p)
-        members.append({"file": art.path.name, "sha256": ws.sha256(art.path), **about,
+        # the file and its folder (a run's best.pt is named by its run), never this machine's absolute path
+        members.append({"file": f"{art.path.parent.name}/{art.path.name}", "sha256": ws.sha256(art.path), **about,
                         "agreement": round(float((p.argmax(1) == rows[COL_LABEL].to_numpy()).mean()), 4)})
     probs = np.mean(per_teacher, axis=0)
     probs /= probs.sum(1, keepdims=True)  # exact normalisation after float rounding
@@ -106,6 +108,7 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     q = quality(probs, rows[COL_LABEL].to_numpy(), votes)
     summary = {"rows": int(len(df)), "agreement": round(q["agreement"], 4)}
     prov = make_provenance("labels", {k: ws.input_ref(a) for k, a in inputs.items()}, summary, command)
+    # input_size, teacher_sha256 and teacher_arch name --teacher (the first member of an ensemble)
     meta = {"temperature": cfg.temperature, "flip": cfg.flip, "input_size": members[0]["input_size"],
             "splits": list(cfg.splits), "teacher_sha256": members[0]["sha256"], "teacher_arch": members[0]["arch"],
             "quality": q}

@@ -347,6 +347,9 @@ def test_bundle_choice_weighs_tta_with_alpha_and_tau():
     assert (g["tta"], p["tau"], p["accuracy"]) == ("flip", 0.5, 0.84) and "holdout mean class accuracy >=" in rule
     tie = entry(1.0, "flip", [point(0.0, 0.85, 0.60, 0.0), point(0.5, 0.83)])
     assert br.choose_point([tie, plain])[0]["tta"] == "none"
+    # no TTA wins a tie in accuracy before a smaller |tau| does
+    near = entry(1.0, "flip", [point(0.0, 0.86, 0.60, 0.0), point(0.25, 0.83)])
+    assert br.choose_point([near, plain])[:2] == (plain, plain["curve"][1])
     # no point reaches the floors: the largest alpha, with the TTA that is more accurate at tau = 0
     below = [entry(a, t, [point(0.0, acc, 0.5, 0.0), point(0.5, acc - 0.005, 0.55, 0.1)])
              for a, t, acc in ((0.5, "flip", 0.9), (1.0, "none", 0.85), (1.0, "flip", 0.86))]
