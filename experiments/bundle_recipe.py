@@ -251,7 +251,7 @@ def build(found: dict[str, Any], run: dict[str, Any], previous: Path, dest: Path
     tuned_state, base_state, prior, y = found["tuned_state"], found["base_state"], found["prior"], found["y"]
     grid, g, point, rule, base_ckpt = found["grid"], found["g"], found["point"], found["rule"], found["base_ckpt"]
     ws = Workspace(c.WS)
-    alpha, tta, curve, (plain, flipped) = g["alpha"], g["tta"], g["curve"], g["_logits"]
+    alpha, tta, curve = g["alpha"], g["tta"], g["curve"]
     acc_plain, acc_flip = g["accuracy"], g["accuracy_flip_tta"]
     work = c.WS / "bundle" / "recipe"
     work.mkdir(parents=True, exist_ok=True)
