@@ -97,15 +97,36 @@ def _recipe_text(r: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def _targets_of(r: dict) -> str:
+def _teacher_of(run: str | None) -> str:
+    """Whose distributions a run of the study mixed with the votes (its command's --labels)."""
+    cmd = (c.read_result(recipe.RESULTS / f"{run}.json") or {}).get("command", "") if run else ""
+    if recipe.ENS_LABELS.name in cmd:
+        return "an ensemble of four earlier students' distributions (`recipe.LABEL_SETS`)"
+    own = re.search(r"recipe-self-(\S+?)\.parquet", cmd)
+    return f"`{own.group(1)}`'s distributions" if own else "a ResNet-18 teacher's distributions"
+
+
+def _targets_of(r: dict, run: str | None = None) -> str:
     t = r.get("targets")
     if t == "mix":
         w = r.get("target_mix", 0.5)
         return (f"combo loss (eq. 6) on the majority label + KL (eq. 5) to {w:g} × the FERPlus crowd votes + "
-                f"{1 - w:g} × a ResNet-18 teacher's distributions")
+                f"{1 - w:g} × {_teacher_of(run)}")
     return {"votes": "combo loss (eq. 6) on the majority label + KL (eq. 5) to the FERPlus crowd-vote distributions",
             "teacher": "combo loss (eq. 6) on the majority label + KL (eq. 5) to a ResNet-18 teacher's distributions",
             "none": "combo loss (eq. 6) on the majority label"}.get(t, str(t))
+
+
+def _targets_text(b: dict) -> str:
+    """The source run's targets, and its base run's when the shipped weights interpolate the two and they differ."""
+    tuned = b["source_run"].rsplit("/", 1)[-1]
+    own = _targets_of(b.get("recipe") or {}, tuned)
+    interp = (b.get("holdout") or {}).get("interpolation")
+    if not interp:
+        return own
+    base = interp["base_run"].rsplit("/", 1)[-1]
+    theirs = _targets_of(interp["base_recipe"], base)
+    return own if theirs == own else f"`{base}`: {theirs}; `{tuned}`: {own}"
 
 
 def _start_of(run: str) -> str:
@@ -156,7 +177,7 @@ def what_block(b: dict) -> str:
          "(folded into the classifier's bias); loads with `torch.load(..., weights_only=True)` |"),
         ("| training data | FERPlus train (FER2013 images, FERPlus crowd labels): majority-vote labels, minus a "
          "stratified 10% holdout used to pick the epoch, the operating point and the temperature |"),
-        f"| training targets | {_targets_of(r)} |",
+        f"| training targets | {_targets_text(b)} |",
         _optimisation_row(b),
         f"| trained on | {b.get('hardware') or 'not recorded'} |"])
 
