@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import _common as c
+import bundle_recipe
 import numpy as np
 import recipe
 import torch
@@ -27,7 +28,7 @@ import torch
 from fercli.checkpoint import load_checkpoint, model_from_checkpoint
 from fercli.data import cache_dir_for, make_split
 from fercli.fileio import sha256_file
-from fercli.probability import tta_probs
+from fercli.probability import mean_softmax
 from fercli.schema import COL_LABEL, COL_PATH, read_manifest
 from fercli.training import TrainConfig, prepare_data
 from fercli.transforms import preset_from_meta
@@ -64,13 +65,8 @@ def member_probs(member: str | Path, ws: Workspace) -> dict[str, Any]:
     valid = make_split(m.root, rows[COL_PATH].tolist(), rows[COL_LABEL].to_numpy(), None, pre.input_size,
                        cache_dir_for(ws.root), ws.sha256(m.path), 0)
 
-    def probs(split: Any) -> np.ndarray:
-        from fercli.data import batches, load_batches, normalize
-
-        out = np.empty((len(split), len(m.classes)))
-        for x, idx in load_batches(split, batches(list(range(len(split))), 256), 0):
-            out[idx] = tta_probs(lambda v: model(v).double().numpy(), normalize(x, pre, torch.device("cpu")), 1.0, True)
-        return out
+    def probs(split: Any) -> np.ndarray:  # flip-averaged, as gen-labels --flip labels train
+        return mean_softmax(bundle_recipe.holdout_logits(model, split, pre))
 
     return {"holdout": probs(hold), "holdout_labels": hold.labels.numpy(), "valid": probs(valid),
             "valid_labels": valid.labels.numpy(), "input_size": pre.input_size, "sha256": sha256_file(_path(member))}

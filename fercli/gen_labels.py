@@ -90,11 +90,11 @@ def run_gen_labels(cfg: GenLabelsConfig, ws: Workspace, track: Track = no_track,
     device = resolve_device(cfg.device)
     cache = cache_dir_for(ws.root) if cfg.cache else None
     members, per_teacher = [], []
-    for art in teachers:
+    for art, digest in zip(teachers, digests):
         p, about = _teacher_probs(art.path, cfg, m, rows, device, cache, ws.sha256(m.path), track)
         per_teacher.append(p)
         # the file and its folder (a run's best.pt is named by its run), never this machine's absolute path
-        members.append({"file": f"{art.path.parent.name}/{art.path.name}", "sha256": ws.sha256(art.path), **about,
+        members.append({"file": f"{art.path.parent.name}/{art.path.name}", "sha256": digest, **about,
                         "agreement": round(float((p.argmax(1) == rows[COL_LABEL].to_numpy()).mean()), 4)})
     probs = np.mean(per_teacher, axis=0)
     probs /= probs.sum(1, keepdims=True)  # exact normalisation after float rounding
