@@ -140,6 +140,11 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # the from-scratch candidate lfer_ens96 made robust and re-balanced, as lfer_v4_128 and its re-balance were
     "lfer_ens96_rob": ("lfer_ens96", 8, [*VOTES96, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
     "lfer_ens96_rob_rebal": ("lfer_ens96_rob", 5, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    # the same two steps at 128 px (the route from v4 to lfer_v4_128 and v5), run beside the 96 px ones;
+    # shorter, as lfer_v4_128_ens and its re-balance peaked by epochs 4 and 2
+    "lfer_ens96_128": ("lfer_ens96", 6, [*VOTES128, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_ens96_128_rebal": ("lfer_ens96_128", 4, [*VOTES128, "--augment", "robust",
+                                                   *rebalance("sampler", 0.005)]),
 }
 NEEDS_LABELS = {"lfer_self96": "self-labels", "lfer_ens96": "ensemble-labels", "lfer_v4_128_ens": "ensemble-labels"}
 NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
