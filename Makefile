@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10  # the slowest tests, to keep the suite under its 5-minute budget
 
 # The whole pipeline on the embedded synthetic sample, in a fresh workspace: runs/demo/report.md
 demo: install
