@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps retinaface-pytorch==0.0.8
 	touch $@
 
+# The suite on up to 4 pytest-xdist workers, a test file per worker (its module fixtures built once), torch on
+# one thread each (tests/conftest.py); --durations lists the slowest, to keep the suite under 5 minutes.
 test: install
-	$(PY) -m pytest -q --durations=10  # the slowest tests, to keep the suite under its 5-minute budget
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile --durations=10
 
 # The whole pipeline on the embedded synthetic sample, in a fresh workspace: runs/demo/report.md
 demo: install

@@ -10,6 +10,15 @@ from typer.testing import CliRunner
 
 SHARED_ENV = "FER_SHARED"
 
+# `make test` runs the suite on pytest-xdist workers (one per core). Their environment says COLUMNS=80
+# (LINES=24), which would cut the CLI's tables to 80 columns, unlike the plain runs the tests describe; and
+# torch on every core in every worker would oversubscribe the cores (OpenMP barrier stalls made a tiny
+# training run 4x slower beside one busy process), so each worker's torch gets one thread unless told otherwise.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def shared_root() -> Path:
     """$FER_SHARED, else ../shared beside the checkout."""

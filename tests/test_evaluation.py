@@ -39,7 +39,7 @@ def test_compute_metrics_by_hand():
 def ferplus_ws(ferplus_dir: Path, tmp_path_factory) -> Workspace:
     """A tiny model trained briefly on a FERPlus subset; the subset's valid split is evaluated."""
     ws, _ = ferplus_subset(ferplus_dir, tmp_path_factory.mktemp("evalws"), 300, 200, seed=1)
-    run_train(TrainConfig(arch="shufflenet_v2", input_size=48, epochs=1, batch_size=32, workers=0, threads=2, targets="none"), ws)
+    run_train(TrainConfig(arch="shufflenet_v2", input_size=48, epochs=1, batch_size=32, workers=0, threads=1, targets="none"), ws)
     return ws
 
 

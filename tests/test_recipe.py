@@ -25,7 +25,7 @@ from fercli.schema import read_manifest
 from fercli.training import RECIPES, TrainConfig, build_scheduler, run_train, prepare_data, validate_train_config
 from fercli.workspace import Workspace
 
-TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
+TINY = dict(input_size=32, batch_size=16, workers=0, threads=1)
 
 
 # -- augmentation --------------------------------------------------------------------------------------

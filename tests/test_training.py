@@ -27,7 +27,7 @@ from fercli.schema import dist_columns, read_labels, read_manifest, write_labels
 from fercli.training import TeacherConfig, TrainConfig, run_train
 from fercli.workspace import Workspace
 
-TINY = dict(input_size=32, batch_size=16, workers=0, threads=2)
+TINY = dict(input_size=32, batch_size=16, workers=0, threads=1)
 
 
 def test_teacher_labels_student_sequence(ws: Workspace):
@@ -180,7 +180,7 @@ def test_ferplus_short_run_learns(ferplus_dir: Path, tmp_path: Path):
     """Real data: a short run lowers the training loss and beats the majority-class rate on valid."""
     ws, sub = ferplus_subset(ferplus_dir, tmp_path, 2000, 400, seed=0)
     r = run_train(TrainConfig(arch="lfer", input_size=48, epochs=4, batch_size=32, lr=0.05,
-                        loss="ce", targets="none", workers=0, threads=2), ws)
+                        loss="ce", targets="none", workers=0, threads=1), ws)
     majority = (sub[sub.split == "valid"]["label"] == sub[sub.split == "train"]["label"].mode()[0]).mean()
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert r.best_row["val_acc"] > majority + 0.02, (r.best_row, majority)  # 4 short epochs: a few points of noise
@@ -206,7 +206,7 @@ def test_torchrun_two_processes(ws: Workspace, tmp_path: Path):
 def test_ferplus_teacher_labels_student_end_to_end(ferplus_dir: Path, tmp_path: Path):
     """pretrain-teacher -> gen-labels -> train -> checkpoint on a few hundred real FERPlus images."""
     ws, _ = ferplus_subset(ferplus_dir, tmp_path, 300, 100, seed=2)
-    small = dict(input_size=48, epochs=1, batch_size=32, workers=0, threads=2)
+    small = dict(input_size=48, epochs=1, batch_size=32, workers=0, threads=1)
     teacher = run_train(TeacherConfig(arch="resnet18", **small), ws, kind="teacher")
     labels = run_gen_labels(GenLabelsConfig(workers=0), ws)
     assert labels.summary["rows"] == 300 and "kl_votes" in labels.summary  # FERPlus votes vs the teacher
