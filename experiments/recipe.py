@@ -62,8 +62,15 @@ COMPARE: dict[str, list[Any]] = {
     "lfer": ["--arch", "lfer", "--targets", "none"],
     "lfer_ldl": ["--arch", "lfer", "--labels", LABELS, "--targets", "teacher"],
 }
+
+
+def mix(labels: Path) -> list[Any]:
+    """An lfer run's options for targets half crowd votes and half the distributions in ``labels``."""
+    return ["--arch", "lfer", "--labels", labels, "--targets", "mix", "--target-mix", 0.5, "--weight-decay", 1e-4]
+
+
+MIX, ENS = mix(LABELS), mix(ENS_LABELS)  # the teacher's distributions; the ensemble's in their place
 # candidates for the bundled model (seed 0, longer)
-MIX = ["--arch", "lfer", "--labels", LABELS, "--targets", "mix", "--target-mix", 0.5, "--weight-decay", 1e-4]
 CANDIDATES: dict[str, list[Any]] = {
     "lfer_votes": ["--arch", "lfer", "--targets", "votes"],
     # lfer_votes ended at 81% train accuracy (augmented) against 80.6% on the holdout: underfitting, not
@@ -75,19 +82,16 @@ CANDIDATES: dict[str, list[Any]] = {
     # (FERPlus valid 84.71%, against the lost ResNet-18 teacher's 82.54%; agreement with the majority label
     # on train 88.8% against 85.2%): the teacher that needs no 1.5 CPU h of ResNet training (born-again
     # networks, Furlanello et al. 2018, with the crowd votes kept in the mix)
-    "lfer_self96": ["--arch", "lfer", "--labels", SELF_LABELS, "--targets", "mix", "--target-mix", 0.5,
-                    "--weight-decay", 1e-4, "--input-size", 96],
+    "lfer_self96": [*mix(SELF_LABELS), "--input-size", 96],
     # lfer_mix96's recipe with the ensemble's distributions in the teacher's place. A first try under
     # `robust` from scratch trailed lfer_mix96 by 6 points on the holdout at epoch 10 (71.7% against 78.0%;
     # lfer_self96 tracked lfer_mix96 to 0.2): with the 1.3M-parameter student already underfitting under
     # `light`, it was stopped there (0.5 CPU h) for `light` from scratch and `robust` as a fine-tune, the
     # order that made v5 (lfer_ens96_rob below)
-    "lfer_ens96": ["--arch", "lfer", "--labels", ENS_LABELS, "--targets", "mix", "--target-mix", 0.5,
-                   "--weight-decay", 1e-4, "--input-size", 96],
+    "lfer_ens96": [*ENS, "--input-size", 96],
     # the same at 128 px from scratch (~1.7x the cost of 96 px per epoch): 64 -> 96 px gave lfer_mix +2.0
     # points on valid, while 96 -> 128 px as a fine-tune (v4 -> lfer_v4_128) left the clean accuracy level
-    "lfer_ens128": ["--arch", "lfer", "--labels", ENS_LABELS, "--targets", "mix", "--target-mix", 0.5,
-                    "--weight-decay", 1e-4, "--input-size", 128],
+    "lfer_ens128": [*ENS, "--input-size", 128],
 }
 # short fine-tunes of a finished candidate: (base run, epochs, extra options). "lfer_mix_bal" re-balances
 # lfer_mix toward the rare classes (class-balanced draws at a tenth of the learning rate, the classifier
@@ -96,6 +100,7 @@ CANDIDATES: dict[str, list[Any]] = {
 VOTES = ["--arch", "lfer", "--targets", "votes", "--weight-decay", 1e-4]
 VOTES96 = [*VOTES, "--input-size", 96]
 VOTES128 = [*VOTES, "--input-size", 128]
+ROBUST_FT = ["--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]  # an accurate run fine-tuned under `robust`
 
 
 def rebalance(mode: str, lr: float) -> list[Any]:
@@ -122,7 +127,7 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # sensor noise, JPEG, occlusion) to `light`. Note that these overlap the suite's corruptions (as `light`'s
     # affine and jitter already overlap its crops, rotations and lighting).
     # Two routes: lfer_up96 made robust and then re-balanced, and v4 itself re-balanced further under `robust`.
-    "lfer_up96_rob": ("lfer_up96", 10, [*VOTES96, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_up96_rob": ("lfer_up96", 10, [*VOTES96, *ROBUST_FT]),
     "lfer_up96_rob_bal": ("lfer_up96_rob", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
     "lfer_up96_bal_rob": ("lfer_up96_bal", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
     # The run directories above were lost with the machine again; v4's file survives. The input-size lever once
@@ -130,29 +135,28 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # (~1.8x the cost of 96 px per epoch), under `robust`. Two routes, as for v4: v4's own re-balanced
     # recipe continued, and natural draws (accuracy first; bundle_recipe's tau then buys the rare classes back)
     "lfer_v4_128_bal": (V4, 8, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
-    "lfer_v4_128": (V4, 10, [*VOTES128, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_v4_128": (V4, 10, [*VOTES128, *ROBUST_FT]),
     # v4's own lineage at 128 px: the accurate run re-balanced, so that bundle_recipe's weight interpolation
     # spans natural and balanced draws (v4 came out of lfer_up96 -> lfer_up96_bal this way)
     "lfer_v4_128_rebal": ("lfer_v4_128", 6, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
     # lfer_v4_128 continued on votes mixed half and half with the ensemble's distributions (distilling the
     # ensemble into one of its members), then re-balanced as lfer_v4_128 was
-    "lfer_v4_128_ens": ("lfer_v4_128", 8, ["--arch", "lfer", "--labels", ENS_LABELS, "--targets", "mix",
-                                           "--target-mix", 0.5, "--weight-decay", 1e-4, "--input-size", 128,
-                                           "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_v4_128_ens": ("lfer_v4_128", 8, [*ENS, "--input-size", 128, *ROBUST_FT]),
     "lfer_v4_128_ens_rebal": ("lfer_v4_128_ens", 5, [*VOTES128, "--augment", "robust",
                                                      *rebalance("sampler", 0.005)]),
     # the from-scratch candidate lfer_ens96 made robust and re-balanced, as lfer_v4_128 and its re-balance were
-    "lfer_ens96_rob": ("lfer_ens96", 8, [*VOTES96, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_ens96_rob": ("lfer_ens96", 8, [*VOTES96, *ROBUST_FT]),
     "lfer_ens96_rob_rebal": ("lfer_ens96_rob", 5, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
     # the same two steps at 128 px (the route from v4 to lfer_v4_128 and v5), run beside the 96 px ones;
     # shorter, as lfer_v4_128_ens and its re-balance peaked by epochs 4 and 2
-    "lfer_ens96_128": ("lfer_ens96", 6, [*VOTES128, "--augment", "robust", "--lr", 0.01, "--warmup-epochs", 1]),
+    "lfer_ens96_128": ("lfer_ens96", 6, [*VOTES128, *ROBUST_FT]),
     "lfer_ens96_128_rebal": ("lfer_ens96_128", 4, [*VOTES128, "--augment", "robust",
                                                    *rebalance("sampler", 0.005)]),
 }
-NEEDS_LABELS = {"lfer_self96": "self-labels", "lfer_ens96": "ensemble-labels", "lfer_ens128": "ensemble-labels",
-                "lfer_v4_128_ens": "ensemble-labels"}
-NEEDS_TEACHER = {"shufflenet_v2_ldl", "lfer_ldl", "lfer_mix", "lfer_mix96", "lfer_mix_bal", "lfer_mix_sqrt"}
+_ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
+# what a run waits for follows from its --labels: one of LABEL_SETS (made by teacher_labels), or the teacher's
+NEEDS_LABELS = {n: k for n, a in _ARGS.items() for k, (f, _, _) in LABEL_SETS.items() if f in a}
+NEEDS_TEACHER = {n for n, a in _ARGS.items() if LABELS in a}
 
 
 def base_weights(base: str | Path) -> Path:

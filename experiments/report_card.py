@@ -113,7 +113,7 @@ def _targets_of(r: dict, run: str | None = None) -> str:
         return (f"combo loss (eq. 6) on the majority label + KL (eq. 5) to {w:g} × the FERPlus crowd votes + "
                 f"{1 - w:g} × {_teacher_of(run)}")
     return {"votes": "combo loss (eq. 6) on the majority label + KL (eq. 5) to the FERPlus crowd-vote distributions",
-            "teacher": "combo loss (eq. 6) on the majority label + KL (eq. 5) to a ResNet-18 teacher's distributions",
+            "teacher": f"combo loss (eq. 6) on the majority label + KL (eq. 5) to {_teacher_of(run)}",
             "none": "combo loss (eq. 6) on the majority label"}.get(t, str(t))
 
 
