@@ -158,6 +158,11 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # separate contempt, and a natural phase after it keeps them. Tested here: the re-balanced run continued
     # on natural draws, as lfer_v4_128_ens continued lfer_v4_128
     "lfer_ens96_128_rebal_ens": ("lfer_ens96_128_rebal", 6, [*ENS, "--input-size", 128, *ROBUST_FT]),
+    # The re-balances at lr 0.005 (above) leave contempt at 0-8% recall on the holdout; v3 (lfer_mix_bal, the
+    # start of v6's lineage) was re-balanced at lr 0.01 for 10 epochs and left every class at >= 48% on valid.
+    # The same strength here, then natural draws again
+    "lfer_ens96_128_bal": ("lfer_ens96_128", 8, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.01)]),
+    "lfer_ens96_128_bal_ens": ("lfer_ens96_128_bal", 6, [*ENS, "--input-size", 128, *ROBUST_FT]),
 }
 _ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
 # what a run waits for follows from its --labels: one of LABEL_SETS (made by teacher_labels), or the teacher's
