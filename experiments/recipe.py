@@ -109,6 +109,11 @@ def rebalance(mode: str, lr: float) -> list[Any]:
     return ["--balance", mode, "--lr", lr, "--warmup-epochs", 0, "--select", "mean-class"]
 
 
+def robust_rebalance(lr: float) -> list[Any]:
+    """A class-balanced re-balancing fine-tune at ``lr`` under the `robust` preset."""
+    return ["--augment", "robust", *rebalance("sampler", lr)]
+
+
 FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     "lfer_mix_bal": ("lfer_mix", 10, [*MIX, *rebalance("sampler", 0.01)]),
     # the same with square-root sampling (rare classes drawn in proportion to sqrt(count)): a gentler
@@ -128,30 +133,28 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # affine and jitter already overlap its crops, rotations and lighting).
     # Two routes: lfer_up96 made robust and then re-balanced, and v4 itself re-balanced further under `robust`.
     "lfer_up96_rob": ("lfer_up96", 10, [*VOTES96, *ROBUST_FT]),
-    "lfer_up96_rob_bal": ("lfer_up96_rob", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
-    "lfer_up96_bal_rob": ("lfer_up96_bal", 8, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    "lfer_up96_rob_bal": ("lfer_up96_rob", 8, [*VOTES96, *robust_rebalance(0.005)]),
+    "lfer_up96_bal_rob": ("lfer_up96_bal", 8, [*VOTES96, *robust_rebalance(0.005)]),
     # The run directories above were lost with the machine again; v4's file survives. The input-size lever once
     # more (64 -> 96 px gave lfer_mix +2.0 points on valid): v4 at 128 px, where the last stage sees a 4x4 map
     # (~1.8x the cost of 96 px per epoch), under `robust`. Two routes, as for v4: v4's own re-balanced
     # recipe continued, and natural draws (accuracy first; bundle_recipe's tau then buys the rare classes back)
-    "lfer_v4_128_bal": (V4, 8, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    "lfer_v4_128_bal": (V4, 8, [*VOTES128, *robust_rebalance(0.005)]),
     "lfer_v4_128": (V4, 10, [*VOTES128, *ROBUST_FT]),
     # v4's own lineage at 128 px: the accurate run re-balanced, so that bundle_recipe's weight interpolation
     # spans natural and balanced draws (v4 came out of lfer_up96 -> lfer_up96_bal this way)
-    "lfer_v4_128_rebal": ("lfer_v4_128", 6, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    "lfer_v4_128_rebal": ("lfer_v4_128", 6, [*VOTES128, *robust_rebalance(0.005)]),
     # lfer_v4_128 continued on votes mixed half and half with the ensemble's distributions (distilling the
     # ensemble into one of its members), then re-balanced as lfer_v4_128 was
     "lfer_v4_128_ens": ("lfer_v4_128", 8, [*ENS, "--input-size", 128, *ROBUST_FT]),
-    "lfer_v4_128_ens_rebal": ("lfer_v4_128_ens", 5, [*VOTES128, "--augment", "robust",
-                                                     *rebalance("sampler", 0.005)]),
+    "lfer_v4_128_ens_rebal": ("lfer_v4_128_ens", 5, [*VOTES128, *robust_rebalance(0.005)]),
     # the from-scratch candidate lfer_ens96 made robust and re-balanced, as lfer_v4_128 and its re-balance were
     "lfer_ens96_rob": ("lfer_ens96", 8, [*VOTES96, *ROBUST_FT]),
-    "lfer_ens96_rob_rebal": ("lfer_ens96_rob", 5, [*VOTES96, "--augment", "robust", *rebalance("sampler", 0.005)]),
+    "lfer_ens96_rob_rebal": ("lfer_ens96_rob", 5, [*VOTES96, *robust_rebalance(0.005)]),
     # the same two steps at 128 px (the route from v4 to lfer_v4_128 and v5), run beside the 96 px ones;
     # shorter, as lfer_v4_128_ens and its re-balance peaked by epochs 4 and 2
     "lfer_ens96_128": ("lfer_ens96", 6, [*VOTES128, *ROBUST_FT]),
-    "lfer_ens96_128_rebal": ("lfer_ens96_128", 4, [*VOTES128, "--augment", "robust",
-                                                   *rebalance("sampler", 0.005)]),
+    "lfer_ens96_128_rebal": ("lfer_ens96_128", 4, [*VOTES128, *robust_rebalance(0.005)]),
     # At the operating point (issue 13's rare-class floors on the holdout) the lfer_ens96 lineage needs tau ~1.1
     # and lands 4-6 points below v6's (bundle_search.json), while lfer_v4_128, a natural fine-tune of the
     # re-balanced v4, reaches the floors at tau 0.75. The hypothesis: a re-balanced phase leaves features that
@@ -161,7 +164,7 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # The re-balances at lr 0.005 (above) leave contempt at 0-8% recall on the holdout; v3 (lfer_mix_bal, the
     # start of v6's lineage) was re-balanced at lr 0.01 for 10 epochs and left every class at >= 48% on valid.
     # The same strength here, then natural draws again
-    "lfer_ens96_128_bal": ("lfer_ens96_128", 8, [*VOTES128, "--augment", "robust", *rebalance("sampler", 0.01)]),
+    "lfer_ens96_128_bal": ("lfer_ens96_128", 8, [*VOTES128, *robust_rebalance(0.01)]),
     "lfer_ens96_128_bal_ens": ("lfer_ens96_128_bal", 6, [*ENS, "--input-size", 128, *ROBUST_FT]),
 }
 _ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
