@@ -355,3 +355,26 @@ def test_bundle_choice_weighs_tta_with_alpha_and_tau():
              for a, t, acc in ((0.5, "flip", 0.9), (1.0, "none", 0.85), (1.0, "flip", 0.86))]
     g, p, rule = br.choose_point(below)
     assert (g["alpha"], g["tta"], p["tau"]) == (1.0, "flip", 0.5) and "within" in rule
+
+
+def test_head_retrain_trains_only_the_part_asked_for():
+    """Classifier re-training leaves the rest of the head as trained; whole-head re-training moves it; the
+    original head is never modified."""
+    import head_retrain as hr
+    import torch
+
+    from fercli.models.shufflenet_fer import MishDWSHead
+
+    torch.manual_seed(0)
+    head = MishDWSHead(16, 3, hidden=4).eval()
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    feats = torch.randn(64, 16).numpy()
+    labels = torch.arange(64).remainder(3).numpy()
+    targets = torch.nn.functional.one_hot(torch.from_numpy(labels), 3).float().numpy()
+    cls_only = hr.retrain(head, feats, targets, labels, "classifier", 1.0).state_dict()
+    assert all(torch.equal(v, head.state_dict()[k]) for k, v in before.items())  # the original is untouched
+    assert not torch.equal(cls_only["classifier.weight"], before["classifier.weight"])
+    assert all(torch.equal(cls_only[k], before[k]) for k in before if not k.startswith("classifier."))
+    whole = hr.retrain(head, feats, targets, labels, "head", 1.0).state_dict()
+    assert not torch.equal(whole["pw.weight"], before["pw.weight"])
+    assert hr.head_logits(hr.retrain(head, feats, targets, labels, "head", 0.0), feats).shape == (64, 3)
