@@ -166,6 +166,11 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # The same strength here, then natural draws again
     "lfer_ens96_128_bal": ("lfer_ens96_128", 8, [*VOTES128, *robust_rebalance(0.01)]),
     "lfer_ens96_128_bal_ens": ("lfer_ens96_128_bal", 6, [*ENS, "--input-size", 128, *ROBUST_FT]),
+    # v6 is the interpolation of a natural run with its own weak re-balance (lfer_v4_128_ens and
+    # lfer_v4_128_ens_rebal), deep in a lineage that began with a strong re-balance (v3): the same last step
+    # here, so that bundle_recipe's alpha spans natural and re-balanced draws of this lineage too. Frozen
+    # features re-trained with any head stay below v6 at the floors (head_retrain.json): the backbone has to move
+    "lfer_ens96_128_bal_ens_rebal": ("lfer_ens96_128_bal_ens", 5, [*VOTES128, *robust_rebalance(0.005)]),
 }
 _ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
 # what a run waits for follows from its --labels: one of LABEL_SETS (made by teacher_labels), or the teacher's
