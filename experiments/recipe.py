@@ -171,6 +171,11 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # here, so that bundle_recipe's alpha spans natural and re-balanced draws of this lineage too. Frozen
     # features re-trained with any head stay below v6 at the floors (head_retrain.json): the backbone has to move
     "lfer_ens96_128_bal_ens_rebal": ("lfer_ens96_128_bal_ens", 5, [*VOTES128, *robust_rebalance(0.005)]),
+    # lfer_ens96_128_bal, interpolated with its natural base, came closest to v6 at the floors (83.07% against
+    # 83.67% on the holdout), and natural draws after it lost contempt again within one epoch
+    # (lfer_ens96_128_bal_ens). The same strong re-balance of the from-scratch 128 px run, the study's most
+    # accurate base (85.31% on the holdout by epoch 34 of 60, against lfer_ens96_128's 84.75%)
+    "lfer_ens128_bal": ("lfer_ens128", 8, [*VOTES128, *robust_rebalance(0.01)]),
 }
 _ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
 # what a run waits for follows from its --labels: one of LABEL_SETS (made by teacher_labels), or the teacher's
