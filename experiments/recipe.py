@@ -176,6 +176,10 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # (lfer_ens96_128_bal_ens). The same strong re-balance of the from-scratch 128 px run, the study's most
     # accurate base (85.31% on the holdout by epoch 34 of 60, against lfer_ens96_128's 84.75%)
     "lfer_ens128_bal": ("lfer_ens128", 8, [*VOTES128, *robust_rebalance(0.01)]),
+    # v7's chain (strong re-balance, natural draws, weak re-balance: lfer_ens96_128_bal_ens_rebal reached the
+    # floors at tau -0.5 with 84.43% on the holdout) from this more accurate base
+    "lfer_ens128_bal_ens": ("lfer_ens128_bal", 6, [*ENS, "--input-size", 128, *ROBUST_FT]),
+    "lfer_ens128_bal_ens_rebal": ("lfer_ens128_bal_ens", 5, [*VOTES128, *robust_rebalance(0.005)]),
 }
 _ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
 # what a run waits for follows from its --labels: one of LABEL_SETS (made by teacher_labels), or the teacher's
