@@ -48,16 +48,19 @@ EPOCHS, LR, BATCH, SEED = 5, 0.01, 256, 0
 @torch.no_grad()
 def pooled_features(model: torch.nn.Module, split: Any, pre: Any) -> tuple[np.ndarray, np.ndarray]:
     """The head's input, globally average-pooled (N, C), for the plain and the mirrored images of ``split``."""
+    got: list[torch.Tensor] = []
+
     def body(x: torch.Tensor) -> torch.Tensor:
-        got: list[torch.Tensor] = []
-        hook = model.head.register_forward_pre_hook(lambda _m, args: got.append(args[0].mean((2, 3))))
-        try:
-            model(x)
-        finally:
-            hook.remove()
-        return got[0]
-    return (split_logits(body, split, pre, "cpu").astype(np.float32),
-            split_logits(lambda x: body(x.flip(-1)), split, pre, "cpu").astype(np.float32))
+        model(x)
+        return got.pop()
+
+    # one hook for every batch of both passes: it keeps the head's pooled input, the model's output is dropped
+    hook = model.head.register_forward_pre_hook(lambda _m, args: got.append(args[0].mean((2, 3))))
+    try:
+        return (split_logits(body, split, pre, "cpu").astype(np.float32),
+                split_logits(lambda x: body(x.flip(-1)), split, pre, "cpu").astype(np.float32))
+    finally:
+        hook.remove()
 
 
 def retrain(head: torch.nn.Module, feats: np.ndarray, targets: np.ndarray, labels: np.ndarray, part: str,
@@ -112,8 +115,8 @@ def main() -> None:
     y_train, y_hold, y_valid = data.train.labels.numpy(), data.valid.labels.numpy(), valid.labels.numpy()
     prior = np.bincount(y_train, minlength=len(data.classes)).astype(np.float64)
     x_train = np.concatenate(feats["train"])  # the mirrored features double as augmentation
-    soft = data.train.targets.numpy() if data.train.targets is not None else np.eye(len(data.classes))[y_train]
     hard = np.eye(len(data.classes), dtype=np.float32)[y_train]
+    soft = data.train.targets.numpy() if data.train.targets is not None else hard
 
     def scored(head: torch.nn.Module) -> dict[str, Any]:
         hold = [head_logits(head, f) for f in feats["holdout"]]
