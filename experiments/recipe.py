@@ -37,11 +37,13 @@ TEACHER_DIR = c.WS / "runs" / EXP / "teacher-resnet18"
 LABELS = c.WS / "labels" / "recipe-teacher-resnet18.parquet"
 WEIGHTS = c.ROOT / "fercli" / "weights"
 V4 = WEIGHTS / "ferplus8_lfer_v4_fp16.pt"
+V7 = WEIGHTS / "ferplus8_lfer_v7_fp16.pt"
 # label distributions made by the study's own students (flip-averaged, on train), in place of the lost
 # ResNet-18 teacher's: name -> (file, result JSON, teachers). A run of the study is named by its name, a
 # file by its path; several teachers make an ensemble (`fer gen-labels --ensemble`).
 SELF_LABELS = c.WS / "labels" / "recipe-self-lfer_up96.parquet"
 ENS_LABELS = c.WS / "labels" / "recipe-ensemble.parquet"
+BUNDLED_ENS_LABELS = c.WS / "labels" / "recipe-ensemble-bundled.parquet"
 LABEL_SETS: dict[str, tuple[Path, str, list[str | Path]]] = {
     # self-distillation: lfer_up96's own distributions (born-again networks)
     "self-labels": (SELF_LABELS, "self_labels.json", ["lfer_up96"]),
@@ -53,6 +55,11 @@ LABEL_SETS: dict[str, tuple[Path, str, list[str | Path]]] = {
     # as those files predict, not a calibrated one
     "ensemble-labels": (ENS_LABELS, "ensemble_labels.json",
                         ["lfer_v4_128", WEIGHTS / "ferplus8_lfer_v5_fp16.pt", V4, WEIGHTS / "ferplus8_lfer_ldl_fp16.pt"]),
+    # the run directories (lfer_v4_128 among them) were lost with the machine once more: an ensemble made of
+    # bundled files only, so that it can always be remade: v7, v6 and v5, all at 128 px, of two lineages (v7 from
+    # lfer_ens96; v5 and v6 from lfer_v4_128), each with its logit adjustment folded into its bias
+    "bundled-ensemble-labels": (BUNDLED_ENS_LABELS, "ensemble_bundled_labels.json",
+                                [V7, WEIGHTS / "ferplus8_lfer_v6_fp16.pt", WEIGHTS / "ferplus8_lfer_v5_fp16.pt"]),
 }
 
 # item 5: the 2 x 2 comparison at one shared budget
@@ -70,6 +77,7 @@ def mix(labels: Path) -> list[Any]:
 
 
 MIX, ENS = mix(LABELS), mix(ENS_LABELS)  # the teacher's distributions; the ensemble's in their place
+BENS = mix(BUNDLED_ENS_LABELS)  # the ensemble of bundled files
 # candidates for the bundled model (seed 0, longer)
 CANDIDATES: dict[str, list[Any]] = {
     "lfer_votes": ["--arch", "lfer", "--targets", "votes"],
@@ -180,6 +188,14 @@ FINETUNES: dict[str, tuple[str | Path, int, list[Any]]] = {
     # floors at tau -0.5 with 84.43% on the holdout) from this more accurate base
     "lfer_ens128_bal_ens": ("lfer_ens128_bal", 6, [*ENS, "--input-size", 128, *ROBUST_FT]),
     "lfer_ens128_bal_ens_rebal": ("lfer_ens128_bal_ens", 5, [*VOTES128, *robust_rebalance(0.005)]),
+    # lfer_ens128 (from scratch, 85.99% on the holdout at epoch 50 of 60) was lost with its machine, with every run
+    # directory. v7's file survives: its chain once more from v7 itself (v7 ends a weak re-balance, so the next
+    # step is natural draws), with v7 as the base that bundle_recipe's alpha interpolates toward. Two kinds of
+    # natural targets side by side: crowd votes, and votes mixed with the ensemble of the bundled v5-v7
+    "lfer_v7_nat": (V7, 4, [*VOTES128, *ROBUST_FT]),
+    "lfer_v7_ens": (V7, 4, [*BENS, "--input-size", 128, *ROBUST_FT]),
+    "lfer_v7_nat_rebal": ("lfer_v7_nat", 4, [*VOTES128, *robust_rebalance(0.005)]),
+    "lfer_v7_ens_rebal": ("lfer_v7_ens", 4, [*VOTES128, *robust_rebalance(0.005)]),
 }
 _ARGS = {**COMPARE, **CANDIDATES, **{n: a for n, (_, _, a) in FINETUNES.items()}}
 # what a run waits for follows from its --labels: one of LABEL_SETS (made by teacher_labels), or the teacher's
@@ -363,7 +379,25 @@ def _rel(a: Any) -> str:
 
 
 def tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epochs: int, teacher_epochs: int,
-          device: str, workers: dict[str, int]) -> list[c.Task]:
+          device: str, workers: dict[str, int], runs: set[str] | None = None) -> list[c.Task]:
+    """The study's tasks for ``groups``; with ``runs``, only those runs of the groups (and what they wait for
+    that is not finished: label sets, the teacher, a base run named in ``runs`` too)."""
+    out = _tasks(groups, seeds, compare_epochs, candidate_epochs, teacher_epochs, device, workers)
+    if runs is None:
+        return out
+    unknown = runs - {t.name for t in out}
+    if unknown:
+        raise SystemExit(f"--runs: no run {', '.join(sorted(unknown))} in --only {','.join(sorted(groups))}")
+    needs = {t.name: set(t.needs) for t in out}
+    keep, grow = set(), set(runs)
+    while grow:  # the closure of what the named runs wait for (a finished run's task just reads its JSON)
+        keep |= grow
+        grow = set().union(*(needs[n] for n in grow)) - keep
+    return [t for t in out if t.name in keep]
+
+
+def _tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epochs: int, teacher_epochs: int,
+           device: str, workers: dict[str, int]) -> list[c.Task]:
     out: list[c.Task] = []
     if "teacher" in groups:
         out.append(c.Task("teacher", lambda: teacher(teacher_epochs, device, workers["teacher"])))
@@ -412,6 +446,8 @@ def main() -> None:
     p.add_argument("--workers", default="0,0,0",
                    help="augmentation worker processes per run: teacher,candidate,compare (default 0,0,0)")
     p.add_argument("--adopt-teacher", type=Path, help="record a teacher trained elsewhere (see adopt_teacher)")
+    p.add_argument("--runs", default="", help="only these runs of the groups (comma-separated), e.g. "
+                   "lfer_v7_nat,lfer_v7_nat_rebal")
     p.add_argument("--extra", default="", help="extra options for every training command, e.g. '--limit 500'")
     opts = p.parse_args()
     EXTRA.extend(opts.extra.split())
@@ -425,8 +461,9 @@ def main() -> None:
     workers = {"teacher": w[0], "candidate": w[1], "compare": w[2]}
     groups = {g.strip() for g in opts.only.split(",") if g.strip()}
     seeds = [int(s) for s in opts.seeds.split(",")]
+    runs = {r.strip() for r in opts.runs.split(",") if r.strip()} or None
     done = c.run_tasks(tasks(groups, seeds, opts.compare_epochs, opts.candidate_epochs, opts.teacher_epochs,
-                             opts.device, workers), opts.jobs)
+                             opts.device, workers, runs), opts.jobs)
     for name, r in done.items():
         if "ferplus_valid_8" in r:  # not the label-making tasks (self-labels)
             c.log.info("%s: FERPlus valid %.4f (8)", name, r["ferplus_valid_8"]["accuracy"])

@@ -102,6 +102,8 @@ def _teacher_of(run: str | None) -> str:
     cmd = (c.read_result(recipe.RESULTS / f"{run}.json") or {}).get("command", "") if run else ""
     if recipe.ENS_LABELS.name in cmd:
         return "an ensemble of four earlier students' distributions (`recipe.LABEL_SETS`)"
+    if recipe.BUNDLED_ENS_LABELS.name in cmd:
+        return "the mean of the bundled v5, v6 and v7's distributions (`recipe.LABEL_SETS`)"
     own = re.search(r"recipe-self-(\S+?)\.parquet", cmd)
     return f"`{own.group(1)}`'s distributions" if own else "a ResNet-18 teacher's distributions"
 

@@ -330,6 +330,25 @@ def test_recipe_makes_a_label_set_only_for_runs_still_to_do(tmp_path: Path, monk
     assert "ensemble-labels" not in done and done["lfer_ens96"] == () and "self-labels" in done
 
 
+def test_recipe_runs_keeps_the_named_runs_and_what_they_wait_for(tmp_path: Path, monkeypatch):
+    """``--runs`` narrows a group to the runs named, plus the label sets and base runs they wait for; a name
+    the groups do not hold is one line, not a silent no-op."""
+    import recipe
+
+    monkeypatch.setattr(recipe, "RESULTS", tmp_path)
+    workers = {"teacher": 0, "candidate": 0, "compare": 0}
+
+    def names(runs: set[str]) -> list[str]:
+        return [t.name for t in recipe.tasks({"finetune"}, [0], 20, 60, 30, "cpu", workers, runs)]
+
+    assert names({"lfer_v7_ens_rebal"}) == ["bundled-ensemble-labels", "lfer_v7_ens", "lfer_v7_ens_rebal"]
+    assert names({"lfer_v7_nat"}) == ["lfer_v7_nat"]  # no label set: its targets are the crowd votes
+    (tmp_path / "lfer_v7_ens.json").write_text('{"done": true}')  # finished: its labels are not remade
+    assert names({"lfer_v7_ens_rebal"}) == ["lfer_v7_ens", "lfer_v7_ens_rebal"]
+    with pytest.raises(SystemExit, match="no run lfer_ens96 in --only finetune"):
+        names({"lfer_ens96"})  # a candidate, not a fine-tune
+
+
 def test_bundle_choice_weighs_tta_with_alpha_and_tau():
     """TTA is part of the operating point: flip is chosen where it gives the best accuracy at the floors, even
     when it loses at tau = 0; on a tie, no TTA (half the cost of a face)."""
