@@ -58,8 +58,8 @@ from fercli.training import TrainConfig, prepare_data
 from fercli.transforms import preset_from_meta
 from fercli.workspace import Workspace
 
-NEW_NAME = "ferplus8_lfer_v7_fp16.pt"
-REPLACES = "ferplus8_lfer_v6_fp16.pt"  # the default NEW_NAME replaces (its robustness is compared too)
+NEW_NAME = "ferplus8_lfer_v8_fp16.pt"
+REPLACES = "ferplus8_lfer_v7_fp16.pt"  # the default NEW_NAME replaces (its robustness is compared too)
 # tau < 0 moves a re-balanced model back toward accuracy; steps of 1/8 (one forward pass per alpha, so cheap)
 TAUS = tuple(i / 8 for i in range(-4, 13))
 ALPHAS = tuple(i / 8 for i in range(9))

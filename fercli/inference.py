@@ -26,7 +26,7 @@ from fercli.transforms import Preprocess, preset_from_meta
 from fercli.workspace import Artifact, Workspace
 
 EXPORT_SUFFIXES = (".onnx", ".torchscript", ".ts")
-BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "ferplus8_lfer_v7_fp16.pt"  # docs/MODEL_CARD.md
+BUNDLED_MODEL = Path(__file__).resolve().parent / "weights" / "ferplus8_lfer_v8_fp16.pt"  # docs/MODEL_CARD.md
 BUNDLED_ENV = "FER_BUNDLED_MODEL"  # another file to use instead, or "none" to never fall back to one
 
 
