@@ -279,8 +279,9 @@ def choice_block(b: dict) -> str:
         lines.append(f"| {p['tau']:g} | {pct(p['accuracy'])} | {points(p['accuracy'] - base)} | "
                      f"{pct(p['mean_class_accuracy'])} | {pct(p['min_recall'])} | "
                      f"{'**chosen**' if p['tau'] == h['tau'] else ''} |")
-    lines += ["", (f"Chosen: τ = {h['tau']:g}, by the rule: {h['rule']}. It is folded into the classifier's bias, so "
-                   "`fer eval`, `fer predict` and every export apply it."), "",
+    lines += ["", (f"Chosen: τ = {h['tau']:g}, by the rule: {h['rule']}. " + (
+                   "It is folded into the classifier's bias, so `fer eval`, `fer predict` and every export apply it."
+                   if h["tau"] else "τ = 0: no adjustment, the weights' own bias.")), "",
               (f"**Temperature.** T = {h['temperature']:.3f}, fitted on the holdout after the adjustment"
                + (" (on the flip-averaged probabilities that inference computes)" if tta == "flip" else "")
                + " and stored in the file (it changes confidences" + (", and under flip TTA, where two views' "
@@ -334,10 +335,13 @@ def calibration_block(b: dict) -> str:
     if not before:
         lines += ["", "The fitted temperature is 1: nothing changed."]
     else:
-        lines += ["", (f"ECE {'falls' if e8['ece'] < before['ece'] else 'rises'} from {before['ece']:.4f} to "
-                       f"{e8['ece']:.4f} and NLL {'falls' if e8['nll'] < before['nll'] else 'rises'} from "
-                       f"{before['nll']:.4f} to {e8['nll']:.4f}: the temperature was fitted on the holdout, these are "
-                       "the report split's.")]
+        def move(what: str, a: float, b: float) -> str:  # equal at the printed precision: "stays", not "falls"
+            if f"{a:.4f}" == f"{b:.4f}":
+                return f"{what} stays at {b:.4f}"
+            return f"{what} {'falls' if b < a else 'rises'} from {a:.4f} to {b:.4f}"
+
+        lines += ["", (f"{move('ECE', before['ece'], e8['ece'])} and {move('NLL', before['nll'], e8['nll'])}: the "
+                       "temperature was fitted on the holdout, these are the report split's.")]
     return "\n".join(lines)
 
 
@@ -383,7 +387,8 @@ def robustness_block(b: dict, img: Path) -> str:
     for _, o in others:
         worst += f" {o['summary']['worst']}: {pct(o['summary']['worst_accuracy'])} | |"
     lines += [worst, "", ("All models on byte-identical corrupted images (`fercli.robustness`: the same manifest, "
-                          "split, seed and cache), each with its own preprocessing, temperature and TTA.")]
+                          "split, seed and cache), each with its own preprocessing, temperature and TTA. Clean: the "
+                          "suite's own clean pass (images decoded the suite's way), a little off `fer eval`'s figures.")]
     plot_robustness(new, others, img / "recipe_robustness.png")
     lines += ["", "![robustness, new vs previous](img/recipe_robustness.png)"]
     return "\n".join(lines)
