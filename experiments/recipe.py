@@ -380,8 +380,8 @@ def _rel(a: Any) -> str:
 
 def tasks(groups: set[str], seeds: list[int], compare_epochs: int, candidate_epochs: int, teacher_epochs: int,
           device: str, workers: dict[str, int], runs: set[str] | None = None) -> list[c.Task]:
-    """The study's tasks for ``groups``; with ``runs``, only those runs of the groups (and what they wait for
-    that is not finished: label sets, the teacher, a base run named in ``runs`` too)."""
+    """The study's tasks for ``groups``; with ``runs``, only those runs of the groups and, transitively, the tasks
+    they wait for (label sets, the teacher, base runs: a finished one only reads its result JSON)."""
     out = _tasks(groups, seeds, compare_epochs, candidate_epochs, teacher_epochs, device, workers)
     if runs is None:
         return out
