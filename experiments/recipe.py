@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,20 @@ LABEL_SETS: dict[str, tuple[Path, str, list[str | Path]]] = {
     "bundled-ensemble-labels": (BUNDLED_ENS_LABELS, "ensemble_bundled_labels.json",
                                 [V7, WEIGHTS / "ferplus8_lfer_v6_fp16.pt", WEIGHTS / "ferplus8_lfer_v5_fp16.pt"]),
 }
+# how the reports name each label set: (in a table cell, in a sentence)
+LABEL_SET_TEXT: dict[str, tuple[str, str]] = {
+    "self-labels": ("`lfer_up96`", "`lfer_up96`'s distributions"),
+    "ensemble-labels": ("ensemble", "an ensemble of four earlier students' distributions (`recipe.LABEL_SETS`)"),
+    "bundled-ensemble-labels": ("bundled v5-v7",
+                                "the mean of the bundled v5, v6 and v7's distributions (`recipe.LABEL_SETS`)"),
+}
+
+
+def label_set_of(command: str) -> str | None:
+    """The LABEL_SETS key of the distributions a recorded command trained on (its ``--labels``), else None."""
+    m = re.search(r"--labels (\S+)", command)
+    name = Path(m.group(1)).name if m else None
+    return next((k for k, (f, _, _) in LABEL_SETS.items() if f.name == name), None)
 
 # item 5: the 2 x 2 comparison at one shared budget
 COMPARE: dict[str, list[Any]] = {

@@ -100,12 +100,8 @@ def _recipe_text(r: dict) -> str:
 def _teacher_of(run: str | None) -> str:
     """Whose distributions a run of the study mixed with the votes (its command's --labels)."""
     cmd = (c.read_result(recipe.RESULTS / f"{run}.json") or {}).get("command", "") if run else ""
-    if recipe.ENS_LABELS.name in cmd:
-        return "an ensemble of four earlier students' distributions (`recipe.LABEL_SETS`)"
-    if recipe.BUNDLED_ENS_LABELS.name in cmd:
-        return "the mean of the bundled v5, v6 and v7's distributions (`recipe.LABEL_SETS`)"
-    own = re.search(r"recipe-self-(\S+?)\.parquet", cmd)
-    return f"`{own.group(1)}`'s distributions" if own else "a ResNet-18 teacher's distributions"
+    key = recipe.label_set_of(cmd)
+    return recipe.LABEL_SET_TEXT[key][1] if key else "a ResNet-18 teacher's distributions"
 
 
 def _targets_of(r: dict, run: str | None = None) -> str:

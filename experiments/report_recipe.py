@@ -407,12 +407,8 @@ def _targets_text(r: dict) -> str:
     if t == "mix":
         m = re.search(r"--target-mix (\S+)", r.get("command", ""))
         w = float(m.group(1)) if m else 0.5
-        own = re.search(r"--labels \S*recipe-self-(\S+?)\.parquet", r.get("command", ""))  # self-distillation
-        cmd = r.get("command", "")
-        ens = f"labels/{recipe.ENS_LABELS.name}" in cmd  # the ensembles of recipe.LABEL_SETS
-        bens = f"labels/{recipe.BUNDLED_ENS_LABELS.name}" in cmd
-        return f"{w:g} × votes + {1 - w:g} × " + (f"`{own.group(1)}`" if own else "ensemble" if ens else
-                                                   "bundled v5-v7" if bens else "teacher")
+        key = recipe.label_set_of(r.get("command", ""))  # one of recipe.LABEL_SETS, else the teacher's
+        return f"{w:g} × votes + {1 - w:g} × " + (recipe.LABEL_SET_TEXT[key][0] if key else "teacher")
     return {"votes": "crowd votes", "teacher": "teacher", "none": "single labels"}.get(t, t)
 
 
